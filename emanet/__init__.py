@@ -1,0 +1,1 @@
+"""Emanet: open-source escrow payments platform."""

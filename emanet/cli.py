@@ -1,0 +1,116 @@
+"""The ``emanet`` command line: serve, migrate, worker, users, tokens, demo data."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from emanet.core.db import Database
+from emanet.core.errors import EmanetError
+from emanet.core.settings import get_settings
+
+app = typer.Typer(help="Emanet: open-source escrow payments.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+console = Console()
+T = TypeVar("T")
+
+
+def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def _run() -> T:
+        database = Database(get_settings())
+        try:
+            async with database.transaction() as session:
+                return await work(session)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(_run())
+    except EmanetError as exc:
+        console.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every database migration (idempotent)."""
+    from emanet.core.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    console.print(f"[green]migrated[/green] {settings.database_url.split('@')[-1]}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT", help="Port")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    uvicorn.run("emanet.main:app", host=host, port=port, workers=workers, log_config=None,
+                access_log=False, loop="uvloop" if sys.platform != "win32" else "auto", proxy_headers=True)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once by this process")] = 4,
+) -> None:
+    """Run background jobs and timers until interrupted."""
+    from emanet.core.worker import run_worker
+
+    asyncio.run(run_worker(get_settings(), concurrency=concurrency))
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Option(help="Display name")],
+    email: Annotated[str | None, typer.Option(help="E-mail")] = None,
+    phone: Annotated[str | None, typer.Option(help="Phone, international format")] = None,
+    role: Annotated[str, typer.Option(help="user | support | admin")] = "user",
+) -> None:
+    """Create a user."""
+    from emanet.users.service import create_user
+
+    user = _in_transaction(lambda s: create_user(s, email=email, phone=phone, name=name, role=role))
+    console.print(user.id)
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Argument(help="User id, e-mail or phone")],
+    minutes: Annotated[int | None, typer.Option(help="Lifetime in minutes")] = None,
+) -> None:
+    """Print an access token for USER from the built-in issuer."""
+    from emanet.core.auth import issue_access_token
+    from emanet.users.service import find_user
+
+    found = _in_transaction(lambda s: find_user(s, user))
+    typer.echo(issue_access_token(found, minutes=minutes))
+
+
+@app.command()
+def demo() -> None:
+    """Load demo users and escrows, and print each demo user's token."""
+    from emanet.core.auth import issue_access_token
+    from emanet.demo import load_demo
+
+    users = _in_transaction(load_demo)
+    table = Table("user", "role", "token")
+    for user in users:
+        table.add_row(user.id, user.role, issue_access_token(user, minutes=60 * 24 * 30))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

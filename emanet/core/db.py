@@ -1,0 +1,126 @@
+"""Database engine, the declarative base, id generation and the per-request session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+from ulid import ULID
+
+from emanet.core import clock
+from emanet.core.settings import Settings, get_settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_id(prefix: str) -> str:
+    """Opaque, time-sortable id with a type prefix (``esc_01J…``)."""
+    return f"{prefix}_{str(ULID()).lower()}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on PostgreSQL and SQLite alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return clock.as_utc(value) if value is not None else None
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value
+
+
+# BIGINT on PostgreSQL, INTEGER on SQLite (so an integer primary key is the rowid and autoincrements).
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON(), int: BigInt}
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(default=lambda: clock.now(), index=False)
+    updated_at: Mapped[datetime] = mapped_column(default=lambda: clock.now(), onupdate=lambda: clock.now())
+
+
+def _json_serializer(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def make_engine(settings: Settings | None = None, **overrides: Any) -> AsyncEngine:
+    settings = settings or get_settings()
+    kwargs: dict[str, Any] = {"echo": settings.database_echo, "json_serializer": _json_serializer,
+                              "json_deserializer": orjson.loads}
+    if settings.is_sqlite:
+        kwargs["connect_args"] = {"timeout": 30}
+        if ":memory:" in settings.database_url:
+            kwargs["poolclass"] = NullPool
+    else:
+        kwargs.update(pool_size=settings.database_pool_size, max_overflow=settings.database_max_overflow,
+                      pool_pre_ping=True)
+    kwargs.update(overrides)
+    engine = create_async_engine(settings.database_url, **kwargs)
+    if settings.is_sqlite:
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # aiosqlite: let SQLAlchemy emit BEGIN itself so "BEGIN IMMEDIATE" serialises writers.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Writers take the lock up front: SQLite's stand-in for SELECT … FOR UPDATE.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """Holds the engine and session factory of one process."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.engine = make_engine(self.settings)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work: commits when the block succeeds, rolls back otherwise."""
+        async with self.sessionmaker() as session:
+            try:
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise

@@ -1,0 +1,167 @@
+"""Test harness: a fresh PostgreSQL database per test process, migrated by the real Alembic migrations.
+
+``EMANET_TEST_DB=sqlite`` runs the same suite on SQLite. With CI=true an unreachable PostgreSQL or Redis
+fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from emanet.app import create_app
+from emanet.core import clock as clock_module
+from emanet.core.auth import issue_access_token
+from emanet.core.db import Database
+from emanet.core.migrate import upgrade
+from emanet.core.settings import Settings
+from emanet.models_registry import metadata
+from tests.factories import Factory
+
+PG_ADMIN_DSN = os.environ.get("EMANET_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("EMANET_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BACKEND = os.environ.get("EMANET_TEST_DB", "postgres")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    message = f"{what} is not reachable: {exc!r}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def worker_id_suffix(request: pytest.FixtureRequest) -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"{uuid.uuid4().hex[:8]}_{worker}"
+
+
+@pytest.fixture(scope="session")
+async def database_url(worker_id_suffix: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    if BACKEND == "sqlite":
+        path = tmp_path_factory.mktemp("db") / "emanet.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        await asyncio.to_thread(upgrade, url, "heads")
+        yield url
+        return
+    name = f"emanet_t_{worker_id_suffix}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        _unavailable("PostgreSQL", exc)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        await asyncio.to_thread(upgrade, url, "heads")
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> AsyncIterator[str]:
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:
+        _unavailable("Redis", exc)
+    finally:
+        await client.aclose()
+    yield REDIS_URL
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test", "database_url": database_url, "rate_limit_default": "10000/minute",
+        "rate_limit_anonymous": "10000/minute", "log_json": True, "database_pool_size": 5,
+        "run_worker_in_process": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module or test to change settings for the ``app`` fixture."""
+    return {}
+
+
+@pytest.fixture
+def settings(database_url: str, settings_overrides: dict[str, Any], tmp_path: Any) -> Settings:
+    return make_settings(database_url, storage_dir=str(tmp_path / "documents"), **settings_overrides)
+
+
+@pytest.fixture(scope="session")
+async def database(database_url: str) -> AsyncIterator[Database]:
+    db = Database(make_settings(database_url))
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    yield
+    if "database" not in request.fixturenames:
+        return
+    db: Database = request.getfixturevalue("database")
+    tables = [t.name for t in metadata.sorted_tables if t.name != "alembic_version"]
+    async with db.engine.begin() as conn:
+        if db.engine.dialect.name == "postgresql":
+            await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(tables):
+                await conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture(autouse=True)
+def clock() -> Iterator[clock_module.FrozenClock]:
+    frozen = clock_module.FrozenClock(START)
+    previous = clock_module.use_clock(frozen)
+    yield frozen
+    clock_module.use_clock(previous)
+
+
+@pytest.fixture
+async def app(settings: Settings, database: Database) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, database=database)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+async def session(database: Database) -> AsyncIterator[AsyncSession]:
+    """A session for arranging data and reading results; commits at the end of the block it is used in."""
+    async with database.sessionmaker() as s:
+        yield s
+
+
+@pytest.fixture
+def factory(database: Database) -> Factory:
+    return Factory(database)
+
+
+def bearer(user: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_access_token(user)}"}
