@@ -7,13 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from emanet.core.schemas import StrictModel
+
 Locale = Literal["en", "tr", "ar"]
-
-
-class StrictModel(BaseModel):
-    """Request bodies refuse unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class UserOut(BaseModel):

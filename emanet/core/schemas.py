@@ -1,0 +1,58 @@
+"""Shared API shapes: strict request models, Money, and cursor-paginated lists."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from emanet.core.errors import Unprocessable
+from emanet.core.money import check_currency
+
+T = TypeVar("T")
+
+
+class StrictModel(BaseModel):
+    """Request bodies refuse unknown fields and never coerce a float or string into an amount."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Money(StrictModel):
+    amount: StrictInt = Field(gt=0, description="Integer minor units (TRY 125.50 is 12550)", examples=[12550])
+    currency: str = Field(min_length=3, max_length=3, examples=["TRY"])
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_currency(cls, value: str) -> str:
+        try:
+            return check_currency(value)
+        except Unprocessable as exc:
+            raise ValueError(exc.detail) from exc
+
+
+class MoneyOut(BaseModel):
+    amount: int
+    currency: str
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None = None
+
+
+def encode_cursor(values: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded = orjson.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise Unprocessable("Malformed cursor", code="invalid_cursor") from exc
+    if not isinstance(decoded, dict):
+        raise Unprocessable("Malformed cursor", code="invalid_cursor")
+    return decoded

@@ -1,0 +1,71 @@
+"""The registry of background job handlers and periodic sweeps.
+
+A domain's ``tasks.py`` registers handlers with ``@job("kind")`` and sweeps with
+``@periodic("kind", every=seconds)``. Handlers open their own short transactions through
+``ctx.database`` (never holding one across a call to a provider) and must be safe to run twice:
+the worker guarantees at-least-once; the effects (ledger references, state machines, unique
+constraints) make it exactly-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from emanet.core.db import Database
+from emanet.core.settings import Settings
+
+# Every module that registers handlers; the worker imports them all.
+TASK_MODULES = [
+    "emanet.escrow.tasks",
+]
+
+
+@dataclass
+class JobContext:
+    database: Database
+    settings: Settings
+    payload: dict[str, Any] = field(default_factory=dict)
+    job_id: int | None = None
+    attempt: int = 1
+
+
+JobHandler = Callable[[JobContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Periodic:
+    kind: str
+    every_seconds: float
+
+
+HANDLERS: dict[str, JobHandler] = {}
+PERIODIC: dict[str, Periodic] = {}
+
+
+def job(kind: str) -> Callable[[JobHandler], JobHandler]:
+    def register(handler: JobHandler) -> JobHandler:
+        if kind in HANDLERS and HANDLERS[kind] is not handler:
+            raise RuntimeError(f"two handlers for job kind {kind!r}")
+        HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
+def periodic(kind: str, *, every: float) -> Callable[[JobHandler], JobHandler]:
+    def register(handler: JobHandler) -> JobHandler:
+        job(kind)(handler)
+        PERIODIC[kind] = Periodic(kind, every)
+        return handler
+
+    return register
+
+
+def load_task_modules() -> dict[str, JobHandler]:
+    import importlib
+
+    for name in TASK_MODULES:
+        importlib.import_module(name)
+    return HANDLERS
