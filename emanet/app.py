@@ -24,6 +24,9 @@ from emanet.core.settings import Settings, get_settings
 # Each domain exposes ``router``; listed here once so the app and the OpenAPI document see them all.
 DOMAIN_ROUTERS = [
     "emanet.users.router",
+    "emanet.escrow.router",
+    "emanet.ledger.router",
+    "emanet.providers.router",
 ]
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
@@ -74,8 +75,11 @@ def make_engine(settings: Settings | None = None, **overrides: Any) -> AsyncEngi
                               "json_deserializer": orjson.loads}
     if settings.is_sqlite:
         kwargs["connect_args"] = {"timeout": 30}
-        if ":memory:" in settings.database_url:
+        database_file = make_url(settings.database_url).database
+        if not database_file or database_file == ":memory:" or ":memory:" in settings.database_url:
             kwargs["poolclass"] = NullPool
+        else:
+            Path(database_file).parent.mkdir(parents=True, exist_ok=True)  # ./var on a fresh clone
     else:
         kwargs.update(pool_size=settings.database_pool_size, max_overflow=settings.database_max_overflow,
                       pool_pre_ping=True)
@@ -101,6 +105,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(connection: Any) -> None:
         # Writers take the lock up front: SQLite's stand-in for SELECT … FOR UPDATE.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def upsert(session: AsyncSession, model: Any) -> Any:
+    """``INSERT … ON CONFLICT`` for the session's dialect (PostgreSQL and SQLite share the API)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(model)
 
 
 class Database:

@@ -1,0 +1,73 @@
+"""Currency conversion for display and reporting only: money held in escrow is never converted.
+
+Rates come from a ``RateProvider``; the conversion used for an entry is stored on the entry (``fx``), so a
+report always shows the rate that was in force. The default provider reads fixed rates from settings
+(``EMANET_FX_RATES``, units of the reporting currency per unit of the other, as decimal strings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, Protocol
+
+from emanet.core import clock
+from emanet.core.money import currency_exponent, round_half_up
+from emanet.core.settings import get_settings
+
+
+@dataclass(frozen=True)
+class Rate:
+    base: str
+    quote: str
+    value: Decimal  # units of quote per unit of base
+    source: str
+    as_of: datetime
+
+
+class RateProvider(Protocol):
+    async def rate(self, base: str, quote: str) -> Rate | None: ...
+
+
+class SettingsRateProvider:
+    """Fixed rates from settings: {"TRY": "0.029", …} in units of the reporting currency."""
+
+    async def rate(self, base: str, quote: str) -> Rate | None:
+        settings = get_settings()
+        table = {k: Decimal(v) for k, v in settings.fx_rates.items()}
+        table[settings.reporting_currency] = Decimal(1)
+        if base not in table or quote not in table:
+            return None
+        return Rate(base, quote, table[base] / table[quote], "settings", clock.now())
+
+
+_provider: RateProvider = SettingsRateProvider()
+
+
+def use_rate_provider(provider: RateProvider) -> None:
+    global _provider
+    _provider = provider
+
+
+def convert_minor(amount: int, base: str, quote: str, rate: Decimal) -> int:
+    """Convert minor units of ``base`` into minor units of ``quote`` (half-up)."""
+    exact = Fraction(amount) * Fraction(rate) * Fraction(10 ** currency_exponent(quote),
+                                                         10 ** currency_exponent(base))
+    return round_half_up(exact)
+
+
+async def convert(amount: int, base: str, quote: str) -> dict[str, Any] | None:
+    if base == quote:
+        return {"amount": amount, "currency": quote, "rate": "1", "source": "identity"}
+    rate = await _provider.rate(base, quote)
+    if rate is None:
+        return None
+    return {"amount": convert_minor(amount, base, quote, rate.value), "currency": quote,
+            "rate": str(rate.value), "source": rate.source, "as_of": rate.as_of.isoformat()}
+
+
+async def reporting_conversion(currency: str, volume: int) -> dict[str, Any] | None:
+    """The entry's volume in the reporting currency, stored with the entry that used the rate."""
+    return await convert(volume, currency, get_settings().reporting_currency)

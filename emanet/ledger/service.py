@@ -1,0 +1,240 @@
+"""The only way money moves: ``post_entry`` writes one balanced, append-only journal entry.
+
+Every entry carries a unique ``reference`` (``escrow:esc_…:release``); posting the same reference twice
+is a no-op that returns the first entry, so retries, duplicate webhooks and re-run jobs move money once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from emanet.core.db import upsert
+from emanet.core.money import check_currency
+from emanet.ledger import accounts
+from emanet.ledger.fx import reporting_conversion
+from emanet.ledger.models import Account, AccountBalance, JournalEntry, Posting
+
+
+@dataclass(frozen=True)
+class Leg:
+    """``amount`` > 0 debits ``account``; < 0 credits it."""
+
+    account: str
+    amount: int
+
+
+class UnbalancedEntry(ValueError):
+    pass
+
+
+def debit(account: str, amount: int) -> Leg:
+    return Leg(account, amount)
+
+
+def credit(account: str, amount: int) -> Leg:
+    return Leg(account, -amount)
+
+
+def _validated(legs: Sequence[Leg]) -> list[Leg]:
+    kept = [leg for leg in legs if leg.amount != 0]
+    if len(kept) < 2:
+        raise UnbalancedEntry("an entry needs at least two non-zero legs")
+    if sum(leg.amount for leg in kept) != 0:
+        raise UnbalancedEntry(f"debits and credits differ by {sum(leg.amount for leg in kept)}")
+    for leg in kept:
+        accounts.kind_of(leg.account)
+    return kept
+
+
+def _shard(code: str, reference: str) -> int:
+    return zlib.crc32(reference.encode()) % accounts.HOT_SHARDS if accounts.is_hot(code) else 0
+
+
+async def account_ids(session: AsyncSession, codes: Iterable[str], currency: str) -> dict[str, int]:
+    """Ids of the accounts, created on first use (wallets are auto-created on first credit)."""
+    wanted = set(codes)
+    rows = await session.execute(select(Account.code, Account.id).where(
+        Account.currency == currency, Account.code.in_(wanted)))
+    found = {code: account_id for code, account_id in rows.all()}
+    missing = wanted - found.keys()
+    if missing:
+        await session.execute(upsert(session, Account).values([
+            {"code": code, "currency": currency, "kind": accounts.kind_of(code).value,
+             "user_id": accounts.owner_user_id(code)} for code in sorted(missing)
+        ]).on_conflict_do_nothing(index_elements=["code", "currency"]))
+        rows = await session.execute(select(Account.code, Account.id).where(
+            Account.currency == currency, Account.code.in_(missing)))
+        created = {code: account_id for code, account_id in rows.all()}
+        await session.execute(upsert(session, AccountBalance).values([
+            {"account_id": account_id, "shard": shard, "balance": 0,
+             "allow_negative": accounts.may_go_negative(code)}
+            for code, account_id in sorted(created.items())
+            for shard in range(accounts.HOT_SHARDS if accounts.is_hot(code) else 1)
+        ]).on_conflict_do_nothing(index_elements=["account_id", "shard"]))
+        found.update(created)
+    return found
+
+
+async def post_entry(session: AsyncSession, reference: str, currency: str, legs: Sequence[Leg], *,
+                     description: str = "", metadata: dict[str, Any] | None = None,
+                     escrow_id: str | None = None) -> JournalEntry:
+    """Write one balanced entry and update the cached balances, in the caller's transaction."""
+    check_currency(currency)
+    kept = _validated(legs)
+    existing = (await session.execute(select(JournalEntry).where(JournalEntry.reference == reference))).scalar()
+    if existing is not None:
+        return existing
+    entry_id = (await session.execute(
+        upsert(session, JournalEntry).values(
+            reference=reference, currency=currency, amount=_volume(kept), description=description[:300],
+            escrow_id=escrow_id,
+            details=metadata or {}, fx=await reporting_conversion(currency, _volume(kept)),
+        ).on_conflict_do_nothing(index_elements=["reference"]).returning(JournalEntry.id)
+    )).scalar()
+    if entry_id is None:  # a concurrent transaction posted this reference first
+        return (await session.execute(select(JournalEntry).where(JournalEntry.reference == reference))).scalar_one()
+    ids = await account_ids(session, {leg.account for leg in kept}, currency)
+    await session.execute(Posting.__table__.insert(), [
+        {"entry_id": entry_id, "account_id": ids[leg.account], "amount": leg.amount} for leg in kept
+    ])
+    deltas: dict[tuple[int, int], int] = defaultdict(int)
+    for leg in kept:
+        key = (ids[leg.account], _shard(leg.account, reference))
+        deltas[key] += leg.amount * accounts.normal_sign(accounts.kind_of(leg.account))
+    await _apply_balance_deltas(session, sorted(deltas.items()))
+    return await session.get_one(JournalEntry, entry_id)
+
+
+_PG_APPLY_DELTAS = text(
+    "UPDATE ledger_balances AS b SET balance = b.balance + v.delta "
+    "FROM unnest(CAST(:account_ids AS bigint[]), CAST(:shards AS integer[]), CAST(:deltas AS bigint[])) "
+    "AS v(account_id, shard, delta) WHERE b.account_id = v.account_id AND b.shard = v.shard"
+)
+
+
+async def _apply_balance_deltas(session: AsyncSession, deltas: list[tuple[tuple[int, int], int]]) -> None:
+    """Add each delta to its balance row, in a fixed order (no deadlocks); the CHECK refuses overdrafts."""
+    if session.get_bind().dialect.name == "postgresql":
+        result = await session.execute(_PG_APPLY_DELTAS, {
+            "account_ids": [a for (a, _), _ in deltas], "shards": [s for (_, s), _ in deltas],
+            "deltas": [d for _, d in deltas]})
+        updated = result.rowcount  # type: ignore[attr-defined]
+    else:
+        updated = 0
+        for (account_id, shard), delta in deltas:
+            result = await session.execute(
+                update(AccountBalance).where(AccountBalance.account_id == account_id, AccountBalance.shard == shard)
+                .values(balance=AccountBalance.balance + delta))
+            updated += result.rowcount  # type: ignore[attr-defined]
+    if updated != len(deltas):
+        raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
+
+
+def _volume(legs: Sequence[Leg]) -> int:
+    return sum(leg.amount for leg in legs if leg.amount > 0)
+
+
+async def balance(session: AsyncSession, code: str, currency: str) -> int:
+    """The account's normal balance (0 for an account never used): one indexed read of ≤16 rows."""
+    total = (await session.execute(
+        select(func.coalesce(func.sum(AccountBalance.balance), 0))
+        .join(Account, Account.id == AccountBalance.account_id)
+        .where(Account.code == code, Account.currency == currency)
+    )).scalar_one()
+    return int(total)
+
+
+async def balances(session: AsyncSession, codes: Iterable[str]) -> dict[tuple[str, str], int]:
+    """Normal balances of several accounts in every currency they hold: {(code, currency): balance}."""
+    rows = await session.execute(
+        select(Account.code, Account.currency, func.sum(AccountBalance.balance))
+        .join(AccountBalance, AccountBalance.account_id == Account.id)
+        .where(Account.code.in_(list(codes))).group_by(Account.code, Account.currency)
+    )
+    return {(code, currency): int(total) for code, currency, total in rows.all()}
+
+
+async def lock_balance(session: AsyncSession, code: str, currency: str) -> int:
+    """Read a non-hot account's balance under a row lock, so a check-then-debit cannot race."""
+    if accounts.is_hot(code):
+        raise ValueError("hot accounts are sharded and cannot be locked as one row")
+    row = (await session.execute(
+        select(AccountBalance.balance).join(Account, Account.id == AccountBalance.account_id)
+        .where(Account.code == code, Account.currency == currency).with_for_update()
+    )).scalar()
+    return int(row or 0)
+
+
+@dataclass
+class LedgerReport:
+    """What ``emanet ledger verify`` found; ``ok`` only when every list is empty."""
+
+    accounts_checked: int = 0
+    entries_checked: int = 0
+    balance_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    unbalanced_entries: list[dict[str, Any]] = field(default_factory=list)
+    currency_totals_not_zero: list[dict[str, Any]] = field(default_factory=list)
+    negative_accounts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.balance_mismatches or self.unbalanced_entries or self.currency_totals_not_zero
+                    or self.negative_accounts)
+
+
+async def verify_ledger(session: AsyncSession) -> LedgerReport:
+    """Recompute every balance from the postings and check the invariants of DESIGN.md."""
+    report = LedgerReport()
+    computed = dict((await session.execute(
+        select(Posting.account_id, func.sum(Posting.amount)).group_by(Posting.account_id))).all())
+    cached = dict((await session.execute(
+        select(AccountBalance.account_id, func.sum(AccountBalance.balance))
+        .group_by(AccountBalance.account_id))).all())
+    all_accounts = (await session.execute(select(Account))).scalars().all()
+    report.accounts_checked = len(all_accounts)
+    for account in all_accounts:
+        from_postings = int(computed.get(account.id, 0)) * accounts.normal_sign(account.kind)
+        stored = int(cached.get(account.id, 0))
+        if from_postings != stored:
+            report.balance_mismatches.append({"account": account.code, "currency": account.currency,
+                                              "cached": stored, "from_postings": from_postings})
+        if from_postings < 0 and not accounts.may_go_negative(account.code):
+            report.negative_accounts.append({"account": account.code, "currency": account.currency,
+                                             "balance": from_postings})
+    unbalanced = await session.execute(
+        select(Posting.entry_id, func.sum(Posting.amount), func.count())
+        .group_by(Posting.entry_id).having((func.sum(Posting.amount) != 0) | (func.count() < 2)))
+    report.unbalanced_entries = [{"entry_id": entry_id, "sum": int(total), "postings": count}
+                                 for entry_id, total, count in unbalanced.all()]
+    report.entries_checked = int((await session.execute(select(func.count(JournalEntry.id)))).scalar_one())
+    totals = await session.execute(
+        select(Account.currency, func.sum(Posting.amount)).join(Account, Account.id == Posting.account_id)
+        .group_by(Account.currency))
+    report.currency_totals_not_zero = [{"currency": currency, "sum": int(total)}
+                                       for currency, total in totals.all() if int(total) != 0]
+    return report
+
+
+async def wallet_lines(session: AsyncSession, code: str, currency: str, *, limit: int,
+                       before_id: int | None) -> list[tuple[Posting, JournalEntry, int]]:
+    """Postings of one account, newest first, each with the account's normal balance after it."""
+    account_id = (await session.execute(select(Account.id).where(Account.code == code, Account.currency == currency)
+                                         )).scalar()
+    if account_id is None:
+        return []
+    sign = accounts.normal_sign(accounts.kind_of(code))
+    running = func.sum(Posting.amount * sign).over(order_by=Posting.id).label("running")
+    inner = select(Posting.id.label("posting_id"), running).where(Posting.account_id == account_id).subquery()
+    query = (select(Posting, JournalEntry, inner.c.running)
+             .join(inner, inner.c.posting_id == Posting.id).join(JournalEntry, JournalEntry.id == Posting.entry_id)
+             .order_by(Posting.id.desc()).limit(limit))
+    if before_id is not None:
+        query = query.where(Posting.id < before_id)
+    return [(p, e, int(r)) for p, e, r in (await session.execute(query)).all()]

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from emanet.core.db import Database
+from emanet.ledger import accounts
+from emanet.ledger.service import Leg, UnbalancedEntry, balance, credit, debit, post_entry, verify_ledger
+from tests.invariants import assert_ledger_invariants
+
+CLEARING = accounts.provider_clearing("sandbox")
+
+
+async def test_posting_moves_money_and_balances_follow(database: Database) -> None:
+    async with database.transaction() as session:
+        await post_entry(session, "t:1", "TRY", [debit(CLEARING, 10_000), credit("escrow:esc_a", 10_000)])
+        await post_entry(session, "t:2", "TRY", [debit("escrow:esc_a", 10_000), credit("user:usr_s:available", 9_750),
+                                                 credit(accounts.PLATFORM_FEES, 250)])
+    async with database.transaction() as session:
+        assert await balance(session, "escrow:esc_a", "TRY") == 0
+        assert await balance(session, "user:usr_s:available", "TRY") == 9_750
+        assert await balance(session, accounts.PLATFORM_FEES, "TRY") == 250
+        assert await balance(session, CLEARING, "TRY") == 10_000
+        assert await balance(session, CLEARING, "USD") == 0
+    await assert_ledger_invariants(database)
+
+
+async def test_same_reference_moves_money_once(database: Database) -> None:
+    legs = [debit(CLEARING, 500), credit("escrow:esc_b", 500)]
+    async with database.transaction() as session:
+        first = await post_entry(session, "once", "TRY", legs)
+        second = await post_entry(session, "once", "TRY", legs)
+        assert first.id == second.id
+    async with database.transaction() as session:
+        assert await balance(session, "escrow:esc_b", "TRY") == 500
+
+
+async def test_concurrent_duplicates_post_once(database: Database) -> None:
+    async def post() -> None:
+        async with database.transaction() as session:
+            await post_entry(session, "race", "TRY", [debit(CLEARING, 700), credit("escrow:esc_c", 700)])
+
+    await asyncio.gather(*(post() for _ in range(10)))
+    async with database.transaction() as session:
+        assert await balance(session, "escrow:esc_c", "TRY") == 700
+    await assert_ledger_invariants(database)
+
+
+@pytest.mark.parametrize("legs", [
+    [Leg(CLEARING, 100), Leg("escrow:esc_d", -99)],
+    [Leg(CLEARING, 100)],
+    [Leg(CLEARING, 0), Leg("escrow:esc_d", 0)],
+])
+async def test_unbalanced_entry_is_refused_in_code(database: Database, legs: list[Leg]) -> None:
+    async with database.transaction() as session:
+        with pytest.raises(UnbalancedEntry):
+            await post_entry(session, "bad", "TRY", legs)
+
+
+async def test_user_balance_cannot_go_negative(database: Database) -> None:
+    with pytest.raises(IntegrityError):
+        async with database.transaction() as session:
+            await post_entry(session, "overdraw", "TRY", [debit("user:usr_x:available", 100),
+                                                          credit(CLEARING, 100)])
+
+
+@pytest.mark.postgres_only
+async def test_database_refuses_unbalanced_postings_and_edits(database: Database) -> None:
+    async with database.transaction() as session:
+        await post_entry(session, "ok", "TRY", [debit(CLEARING, 100), credit("escrow:esc_e", 100)])
+    # Written around the service, the deferred trigger still refuses an unbalanced entry at commit.
+    with pytest.raises(DBAPIError, match="unbalanced"):
+        async with database.transaction() as session:
+            entry_id = (await session.execute(text(
+                "INSERT INTO ledger_entries (reference, currency, amount, description, metadata, created_at) "
+                "VALUES ('raw', 'TRY', 5, '', '{}', now()) RETURNING id"))).scalar_one()
+            account_id = (await session.execute(text("SELECT id FROM ledger_accounts LIMIT 1"))).scalar_one()
+            await session.execute(text("INSERT INTO ledger_postings (entry_id, account_id, amount, created_at) "
+                                       "VALUES (:e, :a, 5, now())"), {"e": entry_id, "a": account_id})
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with database.transaction() as session:
+            await session.execute(text("UPDATE ledger_postings SET amount = amount + 1"))
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with database.transaction() as session:
+            await session.execute(text("DELETE FROM ledger_entries"))
+
+
+@pytest.mark.postgres_only
+async def test_verify_finds_a_posting_altered_by_hand(database: Database) -> None:
+    async with database.transaction() as session:
+        await post_entry(session, "v", "TRY", [debit(CLEARING, 1_000), credit("escrow:esc_f", 1_000)])
+    async with database.transaction() as session:
+        assert (await verify_ledger(session)).ok
+    async with database.transaction() as session:
+        # what someone with superuser rights could do: bypass the triggers and edit a posting
+        await session.execute(text("SET LOCAL session_replication_role = replica"))
+        await session.execute(text("UPDATE ledger_postings SET amount = amount + 1 WHERE amount > 0"))
+    async with database.transaction() as session:
+        report = await verify_ledger(session)
+    assert not report.ok
+    assert report.balance_mismatches and report.unbalanced_entries and report.currency_totals_not_zero
