@@ -19,6 +19,8 @@ from emanet.core.settings import get_settings
 app = typer.Typer(help="Emanet: open-source escrow payments.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+ledger_app = typer.Typer(help="Ledger checks.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
 console = Console()
 T = TypeVar("T")
 
@@ -45,7 +47,7 @@ def migrate() -> None:
     from emanet.core.migrate import upgrade
 
     settings = get_settings()
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, "heads")  # every domain's migration branch
     console.print(f"[green]migrated[/green] {settings.database_url.split('@')[-1]}")
 
 
@@ -97,6 +99,28 @@ def token(
 
     found = _in_transaction(lambda s: find_user(s, user))
     typer.echo(issue_access_token(found, minutes=minutes))
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Recompute every balance from the postings and check the ledger's invariants; exit 1 on any problem."""
+    from emanet.ledger.service import verify_ledger
+
+    report = _in_transaction(verify_ledger)
+    console.print(f"checked {report.accounts_checked} accounts and {report.entries_checked} entries")
+    problems = {"balance mismatches": report.balance_mismatches, "unbalanced entries": report.unbalanced_entries,
+                "currencies not summing to zero": report.currency_totals_not_zero,
+                "negative accounts": report.negative_accounts}
+    for title, rows in problems.items():
+        if rows:
+            table = Table(*rows[0].keys(), title=title)
+            for row in rows:
+                table.add_row(*(str(v) for v in row.values()))
+            console.print(table)
+    if not report.ok:
+        console.print("[red]ledger verification FAILED[/red]")
+        raise typer.Exit(1)
+    console.print("[green]ledger OK[/green]")
 
 
 @app.command()

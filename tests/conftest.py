@@ -10,8 +10,9 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import httpx
@@ -19,7 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.app import create_app
@@ -38,9 +40,10 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 START = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
 
-def _unavailable(what: str, exc: BaseException) -> None:
+def _unavailable(what: str, exc: BaseException, *, in_ci: bool = IN_CI) -> NoReturn:
+    """On CI a missing PostgreSQL or Redis fails the run; on a laptop the tests that need it are skipped."""
     message = f"{what} is not reachable: {exc!r}"
-    if IN_CI:
+    if in_ci:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
 
@@ -66,7 +69,8 @@ async def database_url(worker_id_suffix: str, tmp_path_factory: pytest.TempPathF
         _unavailable("PostgreSQL", exc)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        url = make_url(PG_ADMIN_DSN).set(drivername="postgresql+asyncpg", database=name)
+        url = url.render_as_string(hide_password=False)
         await asyncio.to_thread(upgrade, url, "heads")
         yield url
     finally:
@@ -104,7 +108,7 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def settings(database_url: str, settings_overrides: dict[str, Any], tmp_path: Any) -> Settings:
-    return make_settings(database_url, storage_dir=str(tmp_path / "documents"), **settings_overrides)
+    return make_settings(database_url, **{"storage_dir": str(tmp_path / "documents"), **settings_overrides})
 
 
 @pytest.fixture(scope="session")
@@ -119,14 +123,23 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     yield
     if "database" not in request.fixturenames:
         return
-    db: Database = request.getfixturevalue("database")
-    tables = [t.name for t in metadata.sorted_tables if t.name != "alembic_version"]
-    async with db.engine.begin() as conn:
-        if db.engine.dialect.name == "postgresql":
+    await truncate_all(request.getfixturevalue("database").engine)
+
+
+async def truncate_all(engine: Any) -> None:
+    """Empty every table the migrations created (TRUNCATE does not fire the ledger's row triggers)."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            tables = (await conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            ))).scalars().all()
             await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         else:
-            for table in reversed(tables):
-                await conn.execute(text(f"DELETE FROM {table}"))
+            existing = set((await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")
+                                               )).scalars().all())
+            for table in reversed(metadata.sorted_tables):
+                if table.name in existing:
+                    await conn.execute(text(f"DELETE FROM {table.name}"))
 
 
 @pytest.fixture(autouse=True)
@@ -161,6 +174,52 @@ async def session(database: Database) -> AsyncIterator[AsyncSession]:
 @pytest.fixture
 def factory(database: Database) -> Factory:
     return Factory(database)
+
+
+class QueryCounter:
+    """The SQL statements sent while the block ran (transaction control excluded)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
+            self.statements.append(statement)
+
+
+_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+@pytest.fixture
+def count_queries(database: Database) -> Any:
+    """``with count_queries() as queries: ...`` then ``queries.count``: for N+1 tests on list endpoints."""
+
+    @contextmanager
+    def counting() -> Iterator[QueryCounter]:
+        counter = QueryCounter()
+        event.listen(database.engine.sync_engine, "before_cursor_execute", counter)
+        try:
+            yield counter
+        finally:
+            event.remove(database.engine.sync_engine, "before_cursor_execute", counter)
+
+    return counting
+
+
+@pytest.fixture
+def run_jobs(database: Database, settings: Settings) -> Any:
+    """``await run_jobs()``: run every due background job in-process (handlers and the worker's own retry
+    rules, with the test clock) until none is due; returns how many ran. Jobs retried later stay pending
+    until the clock is moved past their ``run_at``."""
+    from emanet.core.tasks import load_task_modules
+    from emanet.core.worker import Worker
+
+    load_task_modules()
+    return Worker(database, settings, concurrency=4, name="test-worker").run_until_idle
 
 
 def bearer(user: Any) -> dict[str, str]:

@@ -102,3 +102,23 @@ async def test_verify_finds_a_posting_altered_by_hand(database: Database) -> Non
         report = await verify_ledger(session)
     assert not report.ok
     assert report.balance_mismatches and report.unbalanced_entries and report.currency_totals_not_zero
+
+
+@pytest.mark.postgres_only
+async def test_verify_command_exits_non_zero_after_tampering(database: Database, database_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    async with database.transaction() as session:
+        await post_entry(session, "cli", "TRY", [debit(CLEARING, 2_000), credit("escrow:esc_g", 2_000)])
+    env = {**os.environ, "EMANET_DATABASE_URL": database_url, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "emanet.cli", "ledger", "verify"]
+    clean = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    async with database.transaction() as session:
+        await session.execute(text("SET LOCAL session_replication_role = replica"))
+        await session.execute(text("UPDATE ledger_postings SET amount = 1999 WHERE amount = 2000"))
+    tampered = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+    assert tampered.returncode == 1
+    assert "FAILED" in tampered.stdout and "escrow:esc_g" in tampered.stdout
