@@ -121,4 +121,4 @@ async def test_verify_command_exits_non_zero_after_tampering(database: Database,
         await session.execute(text("UPDATE ledger_postings SET amount = 1999 WHERE amount = 2000"))
     tampered = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
     assert tampered.returncode == 1
-    assert "FAILED" in tampered.stdout and "escrow:esc_g" in tampered.stdout
+    assert "FAILED" in tampered.stdout and "provider:sandbox:clearing" in tampered.stdout
