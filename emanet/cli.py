@@ -125,15 +125,16 @@ def ledger_verify() -> None:
 
 @app.command()
 def demo() -> None:
-    """Load demo users and escrows, and print each demo user's token."""
-    from emanet.core.auth import issue_access_token
+    """Load demo users and escrows (idempotent) and show how to get their tokens."""
     from emanet.demo import load_demo
 
     users = _in_transaction(load_demo)
-    table = Table("user", "role", "token")
+    table = Table("user", "role", "e-mail", title="Demo users")
     for user in users:
-        table.add_row(user.id, user.role, issue_access_token(user, minutes=60 * 24 * 30))
+        table.add_row(user.id, user.role, user.email or "")
     console.print(table)
+    console.print("Tokens: [bold]export BUYER=$(.venv/bin/emanet token buyer@demo.emanet.dev)[/bold] "
+                  "(likewise seller@, admin@, support@demo.emanet.dev)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.users.models import Role, User, VerificationLevel
@@ -26,15 +27,54 @@ DEMO_USERS = (
 )
 
 
+DEMO_ESCROWS = (
+    {
+        "title": "Vintage film camera (Canon AE-1)",
+        "amount": 1_250_00,
+        "currency": "TRY",
+        "category": "general",
+        "description": "Body and 50 mm lens, tested, ships from Istanbul.",
+    },
+    {
+        "title": "Logo design package",
+        "amount": 150_00,
+        "currency": "USD",
+        "category": "digital_goods",
+        "market_type": "service",
+        "description": "Three concepts, two revisions, source files.",
+    },
+)
+
+
 async def load_demo(session: AsyncSession) -> list[User]:
-    """Create the demo users if missing (idempotent) and return them."""
+    """Create the demo users and escrows if missing (idempotent) and return the users."""
+    from emanet.core.auth import Principal
+    from emanet.escrow.models import Escrow
+    from emanet.escrow.service import Actor, NewEscrow, create_escrow
+
     users = []
     for demo in DEMO_USERS:
         user = await session.get(User, demo.id)
         if user is None:
-            user = User(id=demo.id, email=demo.email, phone=demo.phone, name=demo.name, role=demo.role,
-                        verification_level=VerificationLevel.identity)
+            user = User(
+                id=demo.id,
+                email=demo.email,
+                phone=demo.phone,
+                name=demo.name,
+                role=demo.role,
+                verification_level=VerificationLevel.identity,
+            )
             session.add(user)
         users.append(user)
     await session.flush()
+    buyer, seller = users[0], users[1]
+    if (await session.execute(select(Escrow.id).where(Escrow.buyer_id == buyer.id).limit(1))).first() is None:
+        principal = Principal(user=buyer, method="jwt")
+        for escrow in DEMO_ESCROWS:
+            await create_escrow(
+                session,
+                NewEscrow(buyer_id=buyer.id, seller_id=seller.id, **escrow),  # type: ignore[arg-type]
+                Actor.system("demo"),
+                principal,
+            )
     return users

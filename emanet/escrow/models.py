@@ -35,7 +35,7 @@ class MarketType(StrEnum):
 class FeePayer(StrEnum):
     buyer = "buyer"
     seller = "seller"
-    split = "split"
+    shared = "split"  # 50/50; the member is not named "split" so it cannot shadow str.split
 
 
 class Escrow(TimestampMixin, Base):

@@ -39,7 +39,9 @@ def allowed_targets(source: S) -> list[str]:
 
 
 def fee_rule_for(settings: Settings, market_type: str, category: str) -> FeeRule | None:
-    candidates = [r for r in settings.fee_rules if r.market_type == market_type and r.category in (None, category)]
+    candidates = [
+        r for r in settings.fee_rules if r.market_type == market_type and r.category in (None, category)
+    ]
     # A rule for the category beats the market type's general rule.
     return max(candidates, key=lambda r: r.category is not None, default=None)
 
@@ -81,8 +83,9 @@ class ReleaseSplit:
         return self.seller + self.platform + self.buyer
 
 
-def release_split(*, amount: int, buyer_fee: int, seller_fee: int, rating: int | None,
-                  settings: Settings) -> ReleaseSplit:
+def release_split(
+    *, amount: int, buyer_fee: int, seller_fee: int, rating: int | None, settings: Settings
+) -> ReleaseSplit:
     """How a fully funded escrow (amount + buyer_fee) is shared on release.
 
     The seller gets the price less their fee share, less a penalty from the satisfaction table
@@ -92,11 +95,14 @@ def release_split(*, amount: int, buyer_fee: int, seller_fee: int, rating: int |
     bps = settings.satisfaction_penalty_bps.get(rating, 0) if rating is not None else 0
     penalty = min(percentage_of(seller_gross, bps), seller_gross)
     to_buyer = penalty if settings.satisfaction_penalty_to == "buyer" else 0
-    return ReleaseSplit(seller=seller_gross - penalty, platform=buyer_fee + seller_fee + penalty - to_buyer,
-                        buyer=to_buyer)
+    return ReleaseSplit(
+        seller=seller_gross - penalty, platform=buyer_fee + seller_fee + penalty - to_buyer, buyer=to_buyer
+    )
 
 
-def resolution_split(*, held: int, buyer_refund: int, amount: int, buyer_fee: int, seller_fee: int) -> ReleaseSplit:
+def resolution_split(
+    *, held: int, buyer_refund: int, amount: int, buyer_fee: int, seller_fee: int
+) -> ReleaseSplit:
     """A dispute outcome: ``buyer_refund`` goes back to the buyer; the rest is shared between seller and
     platform in the proportion a normal release would use."""
     if not 0 <= buyer_refund <= held:

@@ -88,7 +88,9 @@ class StatusChange(StrictModel):
     status: EscrowStatus
     reason: str | None = Field(default=None, max_length=2000)
     rating: StrictInt | None = Field(default=None, ge=1, le=5)
-    buyer_refund: StrictInt | None = Field(default=None, ge=0, description="For partially_refunded: to the buyer")
+    buyer_refund: StrictInt | None = Field(
+        default=None, ge=0, description="For partially_refunded: to the buyer"
+    )
 
 
 class Delivery(StrictModel):
@@ -99,7 +101,9 @@ class Delivery(StrictModel):
 
 
 class Release(StrictModel):
-    rating: StrictInt | None = Field(default=None, ge=1, le=5, description="Satisfaction 1..5 (seed 002 split)")
+    rating: StrictInt | None = Field(
+        default=None, ge=1, le=5, description="Satisfaction 1..5 (seed 002 split)"
+    )
 
 
 class Cancel(StrictModel):

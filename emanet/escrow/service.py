@@ -24,7 +24,14 @@ from emanet.core.middleware import client_ip
 from emanet.core.outbox import emit_event, enqueue
 from emanet.core.settings import Settings, get_settings
 from emanet.escrow import rules
-from emanet.escrow.models import Escrow, EscrowActivity, EscrowNumberCounter, EscrowStatus, FeePayer, MarketType
+from emanet.escrow.models import (
+    Escrow,
+    EscrowActivity,
+    EscrowNumberCounter,
+    EscrowStatus,
+    FeePayer,
+    MarketType,
+)
 from emanet.escrow.models import EscrowStatus as S
 from emanet.ledger import accounts
 from emanet.ledger.service import Leg, credit, debit, post_entry
@@ -53,9 +60,13 @@ class Actor:
 
     @classmethod
     def from_principal(cls, principal: Principal, request: Request | None = None) -> Actor:
-        return cls(user_id=principal.id, role=principal.role, via=principal.method,
-                   ip=client_ip(request) if request else None,
-                   user_agent=request.headers.get("user-agent", "")[:300] if request else None)
+        return cls(
+            user_id=principal.id,
+            role=principal.role,
+            via=principal.method,
+            ip=client_ip(request) if request else None,
+            user_agent=request.headers.get("user-agent", "")[:300] if request else None,
+        )
 
 
 def party_role(escrow: Escrow, actor: Actor) -> str:
@@ -99,11 +110,18 @@ async def _next_number(session: AsyncSession) -> str:
     if session.get_bind().dialect.name == "postgresql":
         value = (await session.execute(text("SELECT nextval('escrow_number_seq')"))).scalar_one()
     else:
-        await session.execute(upsert(session, EscrowNumberCounter).values(name="escrow", last_value=1)
-                              .on_conflict_do_update(index_elements=["name"],
-                                                     set_={"last_value": EscrowNumberCounter.last_value + 1}))
-        value = (await session.execute(select(EscrowNumberCounter.last_value)
-                                       .where(EscrowNumberCounter.name == "escrow"))).scalar_one()
+        await session.execute(
+            upsert(session, EscrowNumberCounter)
+            .values(name="escrow", last_value=1)
+            .on_conflict_do_update(
+                index_elements=["name"], set_={"last_value": EscrowNumberCounter.last_value + 1}
+            )
+        )
+        value = (
+            await session.execute(
+                select(EscrowNumberCounter.last_value).where(EscrowNumberCounter.name == "escrow")
+            )
+        ).scalar_one()
     return f"EM-{clock.now().year}-{int(value):06d}"
 
 
@@ -116,8 +134,13 @@ async def _party(session: AsyncSession, user_id: str, label: str) -> User:
     return user
 
 
-async def create_escrow(session: AsyncSession, data: NewEscrow, actor: Actor, principal: Principal,
-                        settings: Settings | None = None) -> Escrow:
+async def create_escrow(
+    session: AsyncSession,
+    data: NewEscrow,
+    actor: Actor,
+    principal: Principal,
+    settings: Settings | None = None,
+) -> Escrow:
     settings = settings or get_settings()
     if data.buyer_id == data.seller_id:
         raise Unprocessable("Buyer and seller must be different users", code="same_party")
@@ -128,27 +151,43 @@ async def create_escrow(session: AsyncSession, data: NewEscrow, actor: Actor, pr
     seller = await _party(session, data.seller_id, "seller")
     limits = settings.amount_limits.get(data.currency)
     if limits is None:
-        raise Unprocessable(f"{data.currency} is not a supported escrow currency", code="currency_not_supported",
-                            supported=sorted(settings.amount_limits))
+        raise Unprocessable(
+            f"{data.currency} is not a supported escrow currency",
+            code="currency_not_supported",
+            supported=sorted(settings.amount_limits),
+        )
     minimum, maximum = limits
     if not minimum <= data.amount <= maximum:
-        raise Unprocessable(f"Amount must be between {minimum} and {maximum} minor units of {data.currency}",
-                            code="amount_out_of_range", minimum=minimum, maximum=maximum)
+        raise Unprocessable(
+            f"Amount must be between {minimum} and {maximum} minor units of {data.currency}",
+            code="amount_out_of_range",
+            minimum=minimum,
+            maximum=maximum,
+        )
     category = rules.category_rule(settings, data.category)
     if category is None:
-        raise Unprocessable(f"Unknown category {data.category!r}", code="unknown_category",
-                            categories=sorted(settings.category_rules))
+        raise Unprocessable(
+            f"Unknown category {data.category!r}",
+            code="unknown_category",
+            categories=sorted(settings.category_rules),
+        )
     category_max = category.max_amount.get(data.currency)
     if category_max is not None and data.amount > category_max:
-        raise Unprocessable(f"The category {data.category} allows at most {category_max} {data.currency}",
-                            code="category_amount_exceeded")
+        raise Unprocessable(
+            f"The category {data.category} allows at most {category_max} {data.currency}",
+            code="category_amount_exceeded",
+        )
     threshold = settings.verification_required_above.get(data.currency)
     if threshold is not None and data.amount > threshold:
-        unverified = [label for label, user in (("buyer", buyer), ("seller", seller))
-                      if not user.is_identity_verified]
+        unverified = [
+            label for label, user in (("buyer", buyer), ("seller", seller)) if not user.is_identity_verified
+        ]
         if unverified:
-            raise Unprocessable(f"Identity verification is required above {threshold} {data.currency} "
-                                f"(not verified: {', '.join(unverified)})", code="verification_required")
+            raise Unprocessable(
+                f"Identity verification is required above {threshold} {data.currency} "
+                f"(not verified: {', '.join(unverified)})",
+                code="verification_required",
+            )
     now = clock.now()
     expires_at = data.expires_at or now + timedelta(hours=settings.payment_expiry_hours)
     if expires_at <= now or expires_at > now + timedelta(days=90):
@@ -156,14 +195,31 @@ async def create_escrow(session: AsyncSession, data: NewEscrow, actor: Actor, pr
     fee = rules.platform_fee(settings, data.market_type, data.category, data.currency, data.amount)
     buyer_fee, seller_fee = rules.split_fee(fee, data.fee_payer)
     escrow = Escrow(
-        number=await _next_number(session), buyer_id=buyer.id, seller_id=seller.id, created_by=principal.id,
-        status=S.pending_payment, title=data.title, description=data.description, category=data.category,
-        market_type=data.market_type, is_digital=data.is_digital or category.digital_auto_deliver,
-        requires_delivery_document=category.requires_delivery_document, currency=data.currency,
-        amount=data.amount, fee_payer=data.fee_payer, platform_fee=fee, buyer_fee=buyer_fee,
-        seller_fee=seller_fee, total_due=data.amount + buyer_fee, funding_sources={},
-        inspection_days=data.inspection_days if data.inspection_days is not None else settings.inspection_days,
-        expires_at=expires_at, created_at=now, updated_at=now,
+        number=await _next_number(session),
+        buyer_id=buyer.id,
+        seller_id=seller.id,
+        created_by=principal.id,
+        status=S.pending_payment,
+        title=data.title,
+        description=data.description,
+        category=data.category,
+        market_type=data.market_type,
+        is_digital=data.is_digital or category.digital_auto_deliver,
+        requires_delivery_document=category.requires_delivery_document,
+        currency=data.currency,
+        amount=data.amount,
+        fee_payer=data.fee_payer,
+        platform_fee=fee,
+        buyer_fee=buyer_fee,
+        seller_fee=seller_fee,
+        total_due=data.amount + buyer_fee,
+        funding_sources={},
+        inspection_days=data.inspection_days
+        if data.inspection_days is not None
+        else settings.inspection_days,
+        expires_at=expires_at,
+        created_at=now,
+        updated_at=now,
     )
     session.add(escrow)
     await session.flush()
@@ -178,17 +234,25 @@ async def create_escrow(session: AsyncSession, data: NewEscrow, actor: Actor, pr
 async def get_escrow(session: AsyncSession, escrow_id: str, principal: Principal | None = None) -> Escrow:
     """The escrow, if the caller may see it: a party or staff. Anyone else gets 404, not 403."""
     escrow = await session.get(Escrow, escrow_id)
-    if escrow is None or (principal is not None and not principal.is_staff
-                          and principal.id not in (escrow.buyer_id, escrow.seller_id)):
+    if escrow is None or (
+        principal is not None
+        and not principal.is_staff
+        and principal.id not in (escrow.buyer_id, escrow.seller_id)
+    ):
         raise NotFound("No such escrow")
     return escrow
 
 
 async def lock_escrow(session: AsyncSession, escrow_id: str) -> Escrow:
     """SELECT … FOR UPDATE (SQLite: the transaction already holds the write lock)."""
-    escrow = (await session.execute(
-        select(Escrow).where(Escrow.id == escrow_id).with_for_update().execution_options(populate_existing=True)
-    )).scalar_one_or_none()
+    escrow = (
+        await session.execute(
+            select(Escrow)
+            .where(Escrow.id == escrow_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
     if escrow is None:
         raise NotFound("No such escrow")
     return escrow
@@ -196,18 +260,32 @@ async def lock_escrow(session: AsyncSession, escrow_id: str) -> Escrow:
 
 def snapshot(escrow: Escrow) -> dict[str, Any]:
     """The escrow as events and webhooks carry it."""
+
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
     return {
-        "id": escrow.id, "number": escrow.number, "status": escrow.status, "buyer_id": escrow.buyer_id,
-        "seller_id": escrow.seller_id, "title": escrow.title, "category": escrow.category,
-        "market_type": escrow.market_type, "amount": escrow.amount, "currency": escrow.currency,
-        "platform_fee": escrow.platform_fee, "total_due": escrow.total_due, "funded_amount": escrow.funded_amount,
-        "released_amount": escrow.released_amount, "refunded_amount": escrow.refunded_amount,
-        "satisfaction_rating": escrow.satisfaction_rating, "expires_at": iso(escrow.expires_at),
-        "hold_until": iso(escrow.hold_until), "auto_release_at": iso(escrow.auto_release_at),
-        "dispute_deadline": iso(escrow.dispute_deadline), "created_at": iso(escrow.created_at),
+        "id": escrow.id,
+        "number": escrow.number,
+        "status": escrow.status,
+        "buyer_id": escrow.buyer_id,
+        "seller_id": escrow.seller_id,
+        "title": escrow.title,
+        "category": escrow.category,
+        "market_type": escrow.market_type,
+        "amount": escrow.amount,
+        "currency": escrow.currency,
+        "platform_fee": escrow.platform_fee,
+        "total_due": escrow.total_due,
+        "funded_amount": escrow.funded_amount,
+        "released_amount": escrow.released_amount,
+        "refunded_amount": escrow.refunded_amount,
+        "satisfaction_rating": escrow.satisfaction_rating,
+        "expires_at": iso(escrow.expires_at),
+        "hold_until": iso(escrow.hold_until),
+        "auto_release_at": iso(escrow.auto_release_at),
+        "dispute_deadline": iso(escrow.dispute_deadline),
+        "created_at": iso(escrow.created_at),
         "updated_at": iso(escrow.updated_at),
     }
 
@@ -219,19 +297,41 @@ def held(escrow: Escrow) -> int:
 # ---------------------------------------------------------------------------------------------- transitions
 
 
-async def _record(session: AsyncSession, escrow: Escrow, action: str, actor: Actor, source: str | None,
-                  target: str | None, details: dict[str, Any] | None = None) -> None:
-    session.add(EscrowActivity(
-        escrow_id=escrow.id, action=action, from_status=source, to_status=target, actor_id=actor.user_id,
-        actor_role=party_role(escrow, actor) if actor.role != "support" else "support", ip=actor.ip,
-        user_agent=actor.user_agent, details={**(details or {}), **({"via": actor.via} if actor.via else {})},
-        created_at=clock.now(),
-    ))
+async def _record(
+    session: AsyncSession,
+    escrow: Escrow,
+    action: str,
+    actor: Actor,
+    source: str | None,
+    target: str | None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        EscrowActivity(
+            escrow_id=escrow.id,
+            action=action,
+            from_status=source,
+            to_status=target,
+            actor_id=actor.user_id,
+            actor_role=party_role(escrow, actor) if actor.role != "support" else "support",
+            ip=actor.ip,
+            user_agent=actor.user_agent,
+            details={**(details or {}), **({"via": actor.via} if actor.via else {})},
+            created_at=clock.now(),
+        )
+    )
 
 
-async def apply_transition(session: AsyncSession, escrow_id: str, target: S, actor: Actor, *,
-                           params: dict[str, Any] | None = None, force: bool = False,
-                           settings: Settings | None = None) -> Escrow:
+async def apply_transition(
+    session: AsyncSession,
+    escrow_id: str,
+    target: S,
+    actor: Actor,
+    *,
+    params: dict[str, Any] | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> Escrow:
     """Move the escrow to ``target`` or raise; everything it implies happens in this transaction.
 
     ``force`` (admin override, with a reason) skips time guards such as the minimum hold — never the
@@ -243,11 +343,16 @@ async def apply_transition(session: AsyncSession, escrow_id: str, target: S, act
     source = S(escrow.status)
     allowed = rules.TRANSITIONS.get((source, target))
     if allowed is None:
-        raise IllegalTransition(f"An escrow cannot go from {source} to {target}", allowed=rules.allowed_targets(source),
-                                status_now=source.value)
+        raise IllegalTransition(
+            f"An escrow cannot go from {source} to {target}",
+            allowed=rules.allowed_targets(source),
+            status_now=source.value,
+        )
     who = party_role(escrow, actor)
     if who not in allowed:
-        raise Forbidden(f"A {who} may not move an escrow from {source} to {target}", code="transition_not_allowed")
+        raise Forbidden(
+            f"A {who} may not move an escrow from {source} to {target}", code="transition_not_allowed"
+        )
     if force and who != rules.ADMIN:
         raise Forbidden("Only an admin may force a transition", code="override_not_allowed")
     now = clock.now()
@@ -260,66 +365,121 @@ async def apply_transition(session: AsyncSession, escrow_id: str, target: S, act
     await emit_event(session, f"escrow.{target.value}", escrow.id, snapshot(escrow))
     if target == S.funded and escrow.is_digital:
         # Digital goods are delivered the moment they are paid for (seed 003's auto-complete).
-        return await apply_transition(session, escrow.id, S.delivered, Actor.system("digital_auto_deliver"),
-                                      settings=settings)
+        return await apply_transition(
+            session, escrow.id, S.delivered, Actor.system("digital_auto_deliver"), settings=settings
+        )
     return escrow
 
 
 Effect = Any
 
 
-async def _on_funded(session: AsyncSession, escrow: Escrow, actor: Actor, params: dict[str, Any], force: bool,
-                     settings: Settings, now: datetime) -> dict[str, Any]:
+async def _on_funded(
+    session: AsyncSession,
+    escrow: Escrow,
+    actor: Actor,
+    params: dict[str, Any],
+    force: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
     escrow.funded_at = now
     escrow.hold_until = now + timedelta(hours=settings.min_hold_hours)
     return {"hold_until": escrow.hold_until.isoformat()}
 
 
-async def _on_partially_funded(session: AsyncSession, escrow: Escrow, actor: Actor, params: dict[str, Any],
-                               force: bool, settings: Settings, now: datetime) -> dict[str, Any]:
+async def _on_partially_funded(
+    session: AsyncSession,
+    escrow: Escrow,
+    actor: Actor,
+    params: dict[str, Any],
+    force: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
     return {"funded_amount": escrow.funded_amount, "total_due": escrow.total_due}
 
 
-async def _on_delivered(session: AsyncSession, escrow: Escrow, actor: Actor, params: dict[str, Any], force: bool,
-                        settings: Settings, now: datetime) -> dict[str, Any]:
+async def _on_delivered(
+    session: AsyncSession,
+    escrow: Escrow,
+    actor: Actor,
+    params: dict[str, Any],
+    force: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
     document_ids = list(params.get("document_ids") or [])
     if escrow.requires_delivery_document and not document_ids and actor.role != rules.SYSTEM:
-        raise Unprocessable(f"The category {escrow.category} needs a delivery document", code="delivery_document_required")
-    escrow.delivery = {"tracking_number": params.get("tracking_number"), "carrier": params.get("carrier"),
-                       "note": params.get("note"), "document_ids": document_ids}
+        raise Unprocessable(
+            f"The category {escrow.category} needs a delivery document", code="delivery_document_required"
+        )
+    escrow.delivery = {
+        "tracking_number": params.get("tracking_number"),
+        "carrier": params.get("carrier"),
+        "note": params.get("note"),
+        "document_ids": document_ids,
+    }
     escrow.delivered_at = now
     escrow.auto_release_at = now + timedelta(days=escrow.inspection_days)
     escrow.dispute_deadline = now + timedelta(days=settings.dispute_window_days)
     return {"auto_release_at": escrow.auto_release_at.isoformat(), **escrow.delivery}
 
 
-async def _on_released(session: AsyncSession, escrow: Escrow, actor: Actor, params: dict[str, Any], force: bool,
-                       settings: Settings, now: datetime) -> dict[str, Any]:
+async def _on_released(
+    session: AsyncSession,
+    escrow: Escrow,
+    actor: Actor,
+    params: dict[str, Any],
+    force: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
     if escrow.status == S.disputed:
         return await _settle(session, escrow, buyer_refund=0, reason="dispute_resolved_release")
     hold_until = escrow.hold_until or now
     if now < hold_until and not force:
-        raise EmanetError(f"Funds are held until {hold_until.isoformat()} (minimum hold after funding)",
-                          code="hold_period", status=409, hold_until=hold_until.isoformat())
+        raise EmanetError(
+            f"Funds are held until {hold_until.isoformat()} (minimum hold after funding)",
+            code="hold_period",
+            status=409,
+            hold_until=hold_until.isoformat(),
+        )
     rating = params.get("rating")
     if rating is not None and rating not in range(1, 6):
         raise Unprocessable("rating must be 1 to 5", code="invalid_rating")
-    split = rules.release_split(amount=escrow.amount, buyer_fee=escrow.buyer_fee, seller_fee=escrow.seller_fee,
-                                rating=rating, settings=settings)
+    split = rules.release_split(
+        amount=escrow.amount,
+        buyer_fee=escrow.buyer_fee,
+        seller_fee=escrow.seller_fee,
+        rating=rating,
+        settings=settings,
+    )
     if split.total != held(escrow):
         raise Conflict("The escrow does not hold its full amount", code="not_fully_funded")
-    await post_entry(session, f"escrow:{escrow.id}:release", escrow.currency, [
-        debit(accounts.escrow_account(escrow.id), split.total),
-        credit(accounts.user_available(escrow.seller_id), split.seller),
-        credit(accounts.PLATFORM_FEES, split.platform),
-        credit(accounts.user_available(escrow.buyer_id), split.buyer),
-    ], description=f"Release of {escrow.number}", escrow_id=escrow.id,
-        metadata={"rating": rating, "seller": split.seller, "platform": split.platform, "buyer": split.buyer})
+    await post_entry(
+        session,
+        f"escrow:{escrow.id}:release",
+        escrow.currency,
+        [
+            debit(accounts.escrow_account(escrow.id), split.total),
+            credit(accounts.user_available(escrow.seller_id), split.seller),
+            credit(accounts.PLATFORM_FEES, split.platform),
+            credit(accounts.user_available(escrow.buyer_id), split.buyer),
+        ],
+        description=f"Release of {escrow.number}",
+        escrow_id=escrow.id,
+        metadata={"rating": rating, "seller": split.seller, "platform": split.platform, "buyer": split.buyer},
+    )
     escrow.released_amount += split.seller + split.platform
     escrow.refunded_amount += split.buyer
     escrow.satisfaction_rating = rating
-    return {"rating": rating, "seller_amount": split.seller, "platform_amount": split.platform,
-            "buyer_amount": split.buyer}
+    return {
+        "rating": rating,
+        "seller_amount": split.seller,
+        "platform_amount": split.platform,
+        "buyer_amount": split.buyer,
+    }
 
 
 async def _refund_held(session: AsyncSession, escrow: Escrow, amount: int, reference: str) -> dict[str, int]:
@@ -338,20 +498,43 @@ async def _refund_held(session: AsyncSession, escrow: Escrow, amount: int, refer
         raise Conflict("The escrow holds less than the refund", code="refund_exceeds_held")
     legs: list[Leg] = [debit(accounts.escrow_account(escrow.id), amount)]
     legs += [credit(accounts.provider_clearing(p), part) for p, part in portions.items()]
-    await post_entry(session, reference, escrow.currency, legs, description=f"Refund of {escrow.number}",
-                     escrow_id=escrow.id, metadata={"portions": portions})
+    await post_entry(
+        session,
+        reference,
+        escrow.currency,
+        legs,
+        description=f"Refund of {escrow.number}",
+        escrow_id=escrow.id,
+        metadata={"portions": portions},
+    )
     for provider, part in portions.items():
         sources[provider] -= part
-        await enqueue(session, REFUND_JOB, {"escrow_id": escrow.id, "provider": provider, "amount": part,
-                                            "currency": escrow.currency, "reference": f"{reference}:{provider}"},
-                      dedupe_key=f"{reference}:{provider}")
+        await enqueue(
+            session,
+            REFUND_JOB,
+            {
+                "escrow_id": escrow.id,
+                "provider": provider,
+                "amount": part,
+                "currency": escrow.currency,
+                "reference": f"{reference}:{provider}",
+            },
+            dedupe_key=f"{reference}:{provider}",
+        )
     escrow.funding_sources = sources
     escrow.refunded_amount += amount
     return portions
 
 
-async def _on_refund_everything(session: AsyncSession, escrow: Escrow, actor: Actor, params: dict[str, Any],
-                                force: bool, settings: Settings, now: datetime) -> dict[str, Any]:
+async def _on_refund_everything(
+    session: AsyncSession,
+    escrow: Escrow,
+    actor: Actor,
+    params: dict[str, Any],
+    force: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
     """cancelled, expired, refunded: whatever was paid goes back."""
     if escrow.status == S.disputed:
         return await _settle(session, escrow, buyer_refund=held(escrow), reason="dispute_resolved_refund")
@@ -360,42 +543,84 @@ async def _on_refund_everything(session: AsyncSession, escrow: Escrow, actor: Ac
     return {"reason": params.get("reason"), "refunded": amount, "portions": portions}
 
 
-async def _on_partially_refunded(session: AsyncSession, escrow: Escrow, actor: Actor, params: dict[str, Any],
-                                 force: bool, settings: Settings, now: datetime) -> dict[str, Any]:
+async def _on_partially_refunded(
+    session: AsyncSession,
+    escrow: Escrow,
+    actor: Actor,
+    params: dict[str, Any],
+    force: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
     buyer_refund = params.get("buyer_refund")
     if not isinstance(buyer_refund, int) or not 0 < buyer_refund < held(escrow):
-        raise Unprocessable(f"A split needs buyer_refund between 1 and {held(escrow) - 1}", code="invalid_split")
+        raise Unprocessable(
+            f"A split needs buyer_refund between 1 and {held(escrow) - 1}", code="invalid_split"
+        )
     return await _settle(session, escrow, buyer_refund=buyer_refund, reason="dispute_resolved_split")
 
 
 async def _settle(session: AsyncSession, escrow: Escrow, *, buyer_refund: int, reason: str) -> dict[str, Any]:
     """A dispute outcome: refund part (or all, or none) to the buyer, release the rest to the seller."""
-    split = rules.resolution_split(held=held(escrow), buyer_refund=buyer_refund, amount=escrow.amount,
-                                   buyer_fee=escrow.buyer_fee, seller_fee=escrow.seller_fee)
+    split = rules.resolution_split(
+        held=held(escrow),
+        buyer_refund=buyer_refund,
+        amount=escrow.amount,
+        buyer_fee=escrow.buyer_fee,
+        seller_fee=escrow.seller_fee,
+    )
     if split.seller + split.platform:
-        await post_entry(session, f"escrow:{escrow.id}:release", escrow.currency, [
-            debit(accounts.escrow_account(escrow.id), split.seller + split.platform),
-            credit(accounts.user_available(escrow.seller_id), split.seller),
-            credit(accounts.PLATFORM_FEES, split.platform),
-        ], description=f"Dispute release of {escrow.number}", escrow_id=escrow.id, metadata={"reason": reason})
+        await post_entry(
+            session,
+            f"escrow:{escrow.id}:release",
+            escrow.currency,
+            [
+                debit(accounts.escrow_account(escrow.id), split.seller + split.platform),
+                credit(accounts.user_available(escrow.seller_id), split.seller),
+                credit(accounts.PLATFORM_FEES, split.platform),
+            ],
+            description=f"Dispute release of {escrow.number}",
+            escrow_id=escrow.id,
+            metadata={"reason": reason},
+        )
         escrow.released_amount += split.seller + split.platform
     portions = await _refund_held(session, escrow, split.buyer, f"escrow:{escrow.id}:refund")
-    escrow.resolution = {"outcome": reason, "buyer_refund": split.buyer, "seller_amount": split.seller,
-                         "platform_amount": split.platform, "resolved_at": clock.now().isoformat()}
+    escrow.resolution = {
+        "outcome": reason,
+        "buyer_refund": split.buyer,
+        "seller_amount": split.seller,
+        "platform_amount": split.platform,
+        "resolved_at": clock.now().isoformat(),
+    }
     return {**escrow.resolution, "portions": portions}
 
 
-async def _on_disputed(session: AsyncSession, escrow: Escrow, actor: Actor, params: dict[str, Any], force: bool,
-                       settings: Settings, now: datetime) -> dict[str, Any]:
+async def _on_disputed(
+    session: AsyncSession,
+    escrow: Escrow,
+    actor: Actor,
+    params: dict[str, Any],
+    force: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
     if escrow.dispute_deadline is not None and now > escrow.dispute_deadline:
-        raise EmanetError("The dispute window has closed", code="dispute_window_closed", status=409,
-                          dispute_deadline=escrow.dispute_deadline.isoformat())
+        raise EmanetError(
+            "The dispute window has closed",
+            code="dispute_window_closed",
+            status=409,
+            dispute_deadline=escrow.dispute_deadline.isoformat(),
+        )
     reason = (params.get("reason") or "").strip()
     if not reason:
         raise Unprocessable("A dispute needs a reason", code="dispute_reason_required")
     escrow.disputed_at = now
-    escrow.resolution = {"reason": reason, "description": params.get("description", ""),
-                         "evidence_document_ids": list(params.get("document_ids") or []), "opened_by": actor.user_id}
+    escrow.resolution = {
+        "reason": reason,
+        "description": params.get("description", ""),
+        "evidence_document_ids": list(params.get("document_ids") or []),
+        "opened_by": actor.user_id,
+    }
     return {"reason": reason}
 
 
@@ -415,23 +640,36 @@ _EFFECTS: dict[S, Effect] = {
 # ---------------------------------------------------------------------------------------------- payments
 
 
-async def record_payment_captured(session: AsyncSession, *, escrow_id: str, payment_id: str, provider: str,
-                                  amount: int, currency: str, actor: Actor,
-                                  settings: Settings | None = None) -> Escrow:
+async def record_payment_captured(
+    session: AsyncSession,
+    *,
+    escrow_id: str,
+    payment_id: str,
+    provider: str,
+    amount: int,
+    currency: str,
+    actor: Actor,
+    settings: Settings | None = None,
+) -> Escrow:
     """A provider captured ``amount`` for this escrow: move it into escrow and fund (exactly once)."""
     settings = settings or get_settings()
     escrow = await lock_escrow(session, escrow_id)
-    reference = f"payment:{payment_id}:capture"
-    already = (await session.execute(text("SELECT 1 FROM ledger_entries WHERE reference = :r"),
-                                     {"r": reference})).first()
-    if already:
-        return escrow
     if currency != escrow.currency or amount <= 0:
         raise Unprocessable("Payment currency or amount does not match the escrow", code="payment_mismatch")
-    await post_entry(session, reference, currency, [
-        debit(accounts.provider_clearing(provider), amount), credit(accounts.escrow_account(escrow.id), amount),
-    ], description=f"Payment {payment_id} for {escrow.number}", escrow_id=escrow.id,
-        metadata={"payment_id": payment_id, "provider": provider})
+    posted = await post_entry(
+        session,
+        f"payment:{payment_id}:capture",
+        currency,
+        [
+            debit(accounts.provider_clearing(provider), amount),
+            credit(accounts.escrow_account(escrow.id), amount),
+        ],
+        description=f"Payment {payment_id} for {escrow.number}",
+        escrow_id=escrow.id,
+        metadata={"payment_id": payment_id, "provider": provider},
+    )
+    if not posted.created:
+        return escrow  # this payment was recorded before
     escrow.funded_amount += amount
     sources = dict(escrow.funding_sources or {})
     sources[provider] = sources.get(provider, 0) + amount
@@ -440,11 +678,25 @@ async def record_payment_captured(session: AsyncSession, *, escrow_id: str, paym
     if source not in (S.pending_payment, S.partially_funded):
         # The escrow closed while the buyer was paying: give the late payment straight back.
         await _refund_held(session, escrow, amount, f"payment:{payment_id}:late_refund")
-        await _record(session, escrow, "late_payment_refunded", actor, source, source,
-                      {"payment_id": payment_id, "amount": amount})
+        await _record(
+            session,
+            escrow,
+            "late_payment_refunded",
+            actor,
+            source,
+            source,
+            {"payment_id": payment_id, "amount": amount},
+        )
         return escrow
-    await _record(session, escrow, "payment_captured", actor, source, source,
-                  {"payment_id": payment_id, "amount": amount, "provider": provider})
+    await _record(
+        session,
+        escrow,
+        "payment_captured",
+        actor,
+        source,
+        source,
+        {"payment_id": payment_id, "amount": amount, "provider": provider},
+    )
     excess = escrow.funded_amount - escrow.total_due
     if excess > 0:
         # Two payments raced past the total: keep what is due, refund the rest.
@@ -479,8 +731,9 @@ async def accept(session: AsyncSession, escrow_id: str, actor: Actor) -> Escrow:
     return escrow
 
 
-async def extend_deadline(session: AsyncSession, escrow_id: str, actor: Actor, *, field_name: str,
-                          until: datetime, reason: str) -> Escrow:
+async def extend_deadline(
+    session: AsyncSession, escrow_id: str, actor: Actor, *, field_name: str, until: datetime, reason: str
+) -> Escrow:
     """Admin override: move one of the escrow's deadlines."""
     if field_name not in ("expires_at", "auto_release_at", "dispute_deadline", "hold_until"):
         raise Unprocessable(f"Unknown deadline {field_name!r}", code="invalid_deadline")
@@ -489,23 +742,40 @@ async def extend_deadline(session: AsyncSession, escrow_id: str, actor: Actor, *
         raise Conflict(f"The escrow is already {escrow.status}", code="escrow_closed")
     previous = getattr(escrow, field_name)
     setattr(escrow, field_name, until)
-    await _record(session, escrow, "deadline_extended", actor, escrow.status, escrow.status,
-                  {"deadline": field_name, "from": previous.isoformat() if previous else None,
-                   "to": until.isoformat(), "reason": reason})
+    await _record(
+        session,
+        escrow,
+        "deadline_extended",
+        actor,
+        escrow.status,
+        escrow.status,
+        {
+            "deadline": field_name,
+            "from": previous.isoformat() if previous else None,
+            "to": until.isoformat(),
+            "reason": reason,
+        },
+    )
     return escrow
 
 
 async def activity(session: AsyncSession, escrow: Escrow) -> Sequence[EscrowActivity]:
-    rows = await session.execute(select(EscrowActivity).where(EscrowActivity.escrow_id == escrow.id)
-                                 .order_by(EscrowActivity.id))
+    rows = await session.execute(
+        select(EscrowActivity).where(EscrowActivity.escrow_id == escrow.id).order_by(EscrowActivity.id)
+    )
     return rows.scalars().all()
 
 
 # ---------------------------------------------------------------------------------------------- listing
 
 
-SORTABLE = {"created_at": Escrow.created_at, "updated_at": Escrow.updated_at, "amount": Escrow.amount,
-            "status": Escrow.status, "number": Escrow.number}
+SORTABLE = {
+    "created_at": Escrow.created_at,
+    "updated_at": Escrow.updated_at,
+    "amount": Escrow.amount,
+    "status": Escrow.status,
+    "number": Escrow.number,
+}
 
 
 @dataclass
@@ -523,7 +793,7 @@ class EscrowFilters:
 
 
 def _parse_sort(sort: str | None) -> list[tuple[str, bool]]:
-    """"-created_at,amount" -> [("created_at", descending), ("amount", ascending)]."""
+    """ "-created_at,amount" -> [("created_at", descending), ("amount", ascending)]."""
     fields = [part.strip() for part in (sort or "-created_at").split(",") if part.strip()]
     parsed = []
     for item in fields:
@@ -540,7 +810,7 @@ def _cursor_value(name: str, raw: Any) -> Any:
     return raw
 
 
-def filtered_escrows(filters: EscrowFilters, viewer_id: str | None) -> Select[tuple[Escrow]]:
+def filtered_escrows(filters: EscrowFilters, viewer_id: str | None) -> Select[Any]:
     query = select(Escrow)
     if viewer_id is not None:
         if filters.role == "buyer":
@@ -567,13 +837,24 @@ def filtered_escrows(filters: EscrowFilters, viewer_id: str | None) -> Select[tu
         query = query.where(Escrow.amount <= filters.amount_max)
     if filters.q:
         term = filters.q.strip()
-        query = query.where(or_(Escrow.number == term.upper(),
-                                func.lower(Escrow.title).contains(term.lower(), autoescape=True)))
+        query = query.where(
+            or_(
+                Escrow.number == term.upper(),
+                func.lower(Escrow.title).contains(term.lower(), autoescape=True),
+            )
+        )
     return query
 
 
-async def list_escrows(session: AsyncSession, filters: EscrowFilters, *, viewer_id: str | None, limit: int,
-                       cursor: dict[str, Any] | None, sort: str | None) -> tuple[list[Escrow], dict[str, Any] | None]:
+async def list_escrows(
+    session: AsyncSession,
+    filters: EscrowFilters,
+    *,
+    viewer_id: str | None,
+    limit: int,
+    cursor: dict[str, Any] | None,
+    sort: str | None,
+) -> tuple[list[Escrow], dict[str, Any] | None]:
     """Keyset pagination over any multi-field sort (the id breaks ties); one query per page."""
     order = _parse_sort(sort)
     keys = [*order, ("id", order[0][1])]
@@ -591,26 +872,43 @@ async def list_escrows(session: AsyncSession, filters: EscrowFilters, *, viewer_
             alternatives.append(and_(*equal, beyond))
         query = query.where(or_(*alternatives))
     query = query.order_by(*[columns[n].desc() if d else columns[n].asc() for n, d in keys]).limit(limit + 1)
-    rows = list((await session.execute(query)).scalars().all())
+    rows: list[Escrow] = list((await session.execute(query)).scalars().all())
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        next_cursor = {name: (getattr(last, name).isoformat() if isinstance(getattr(last, name), datetime)
-                              else getattr(last, name)) for name, _ in keys}
+        next_cursor = {
+            name: (
+                getattr(last, name).isoformat()
+                if isinstance(getattr(last, name), datetime)
+                else getattr(last, name)
+            )
+            for name, _ in keys
+        }
     return rows, next_cursor
 
 
-async def due_for(session: AsyncSession, column: Any, statuses: Sequence[S], now: datetime,
-                  limit: int = 500) -> list[str]:
+async def due_for(
+    session: AsyncSession, column: Any, statuses: Sequence[S], now: datetime, limit: int = 500
+) -> list[str]:
     """Ids of escrows in ``statuses`` whose deadline ``column`` has passed (the sweeps' work list)."""
-    rows = await session.execute(select(Escrow.id).where(Escrow.status.in_(list(statuses)), column <= now)
-                                 .order_by(column).limit(limit))
+    rows = await session.execute(
+        select(Escrow.id)
+        .where(Escrow.status.in_(list(statuses)), column <= now)
+        .order_by(column)
+        .limit(limit)
+    )
     return list(rows.scalars().all())
 
 
 async def mark_dispute_escalated(session: AsyncSession, escrow_id: str) -> bool:
-    result = await session.execute(update(Escrow).where(
-        Escrow.id == escrow_id, Escrow.status == EscrowStatus.disputed, Escrow.dispute_escalated_at.is_(None))
-        .values(dispute_escalated_at=clock.now()))
+    result = await session.execute(
+        update(Escrow)
+        .where(
+            Escrow.id == escrow_id,
+            Escrow.status == EscrowStatus.disputed,
+            Escrow.dispute_escalated_at.is_(None),
+        )
+        .values(dispute_escalated_at=clock.now())
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -24,8 +24,12 @@ from emanet.escrow.models import EscrowStatus as S
 log = structlog.get_logger("emanet.escrow.tasks")
 
 
-async def _each_due(ctx: JobContext, find: Callable[[AsyncSession, datetime], Awaitable[list[str]]],
-                    act: Callable[[AsyncSession, str], Awaitable[object]], name: str) -> int:
+async def _each_due(
+    ctx: JobContext,
+    find: Callable[[AsyncSession, datetime], Awaitable[list[str]]],
+    act: Callable[[AsyncSession, str], Awaitable[object]],
+    name: str,
+) -> int:
     async with ctx.database.transaction() as session:
         due = await find(session, clock.now())
     done = 0
@@ -44,12 +48,14 @@ async def _each_due(ctx: JobContext, find: Callable[[AsyncSession, datetime], Aw
 @periodic("escrow.auto_release", every=60)
 async def auto_release(ctx: JobContext) -> None:
     """Release when the inspection period has ended (and the minimum hold has passed)."""
+
     async def find(session: AsyncSession, now: datetime) -> list[str]:
         return await service.due_for(session, Escrow.auto_release_at, [S.delivered], now)
 
     async def act(session: AsyncSession, escrow_id: str) -> object:
-        return await service.apply_transition(session, escrow_id, S.released,
-                                              service.Actor.system("timer:auto_release"), settings=ctx.settings)
+        return await service.apply_transition(
+            session, escrow_id, S.released, service.Actor.system("timer:auto_release"), settings=ctx.settings
+        )
 
     await _each_due(ctx, find, act, "auto_release")
 
@@ -60,8 +66,9 @@ async def expire_unfunded(ctx: JobContext) -> None:
         return await service.due_for(session, Escrow.expires_at, [S.pending_payment, S.partially_funded], now)
 
     async def act(session: AsyncSession, escrow_id: str) -> object:
-        return await service.apply_transition(session, escrow_id, S.expired,
-                                              service.Actor.system("timer:expiry"), settings=ctx.settings)
+        return await service.apply_transition(
+            session, escrow_id, S.expired, service.Actor.system("timer:expiry"), settings=ctx.settings
+        )
 
     await _each_due(ctx, find, act, "expire_unfunded")
 
@@ -69,10 +76,16 @@ async def expire_unfunded(ctx: JobContext) -> None:
 @periodic("escrow.escalate_disputes", every=300)
 async def escalate_disputes(ctx: JobContext) -> None:
     """Disputes unresolved after EMANET_DISPUTE_ESCALATION_HOURS are escalated to admins."""
+
     async def find(session: AsyncSession, now: datetime) -> list[str]:
         cutoff = now - timedelta(hours=ctx.settings.dispute_escalation_hours)
-        rows = await session.execute(select(Escrow.id).where(
-            Escrow.status == S.disputed, Escrow.dispute_escalated_at.is_(None), Escrow.disputed_at <= cutoff))
+        rows = await session.execute(
+            select(Escrow.id).where(
+                Escrow.status == S.disputed,
+                Escrow.dispute_escalated_at.is_(None),
+                Escrow.disputed_at <= cutoff,
+            )
+        )
         return list(rows.scalars().all())
 
     async def act(session: AsyncSession, escrow_id: str) -> object:

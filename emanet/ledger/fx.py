@@ -53,8 +53,11 @@ def use_rate_provider(provider: RateProvider) -> None:
 
 def convert_minor(amount: int, base: str, quote: str, rate: Decimal) -> int:
     """Convert minor units of ``base`` into minor units of ``quote`` (half-up)."""
-    exact = Fraction(amount) * Fraction(rate) * Fraction(10 ** currency_exponent(quote),
-                                                         10 ** currency_exponent(base))
+    exact = (
+        Fraction(amount)
+        * Fraction(rate)
+        * Fraction(10 ** currency_exponent(quote), 10 ** currency_exponent(base))
+    )
     return round_half_up(exact)
 
 
@@ -64,8 +67,13 @@ async def convert(amount: int, base: str, quote: str) -> dict[str, Any] | None:
     rate = await _provider.rate(base, quote)
     if rate is None:
         return None
-    return {"amount": convert_minor(amount, base, quote, rate.value), "currency": quote,
-            "rate": str(rate.value), "source": rate.source, "as_of": rate.as_of.isoformat()}
+    return {
+        "amount": convert_minor(amount, base, quote, rate.value),
+        "currency": quote,
+        "rate": str(rate.value),
+        "source": rate.source,
+        "as_of": rate.as_of.isoformat(),
+    }
 
 
 async def reporting_conversion(currency: str, volume: int) -> dict[str, Any] | None:

@@ -20,43 +20,90 @@ _HOLDING = [EscrowStatus.partially_funded, EscrowStatus.funded, EscrowStatus.del
 
 
 @router.get("/wallets", response_model=list[WalletOut])
-async def wallets(principal: CurrentPrincipal, session: DbSession,
-                  display_currency: Annotated[str | None, Query(min_length=3, max_length=3)] = None) -> list[WalletOut]:
+async def wallets(
+    principal: CurrentPrincipal,
+    session: DbSession,
+    display_currency: Annotated[str | None, Query(min_length=3, max_length=3)] = None,
+) -> list[WalletOut]:
     """Available, held (in open escrows, as buyer and as seller) and pending payout, per currency."""
     user_id = principal.id
-    own = await service.balances(session, [accounts.user_available(user_id), accounts.user_payout_in_transit(user_id)])
-    held = (func.sum(Escrow.funded_amount - Escrow.released_amount - Escrow.refunded_amount))
-    as_buyer = dict((await session.execute(select(Escrow.currency, held).where(
-        Escrow.buyer_id == user_id, Escrow.status.in_(_HOLDING)).group_by(Escrow.currency))).all())
-    as_seller = dict((await session.execute(select(Escrow.currency, held).where(
-        Escrow.seller_id == user_id, Escrow.status.in_(_HOLDING)).group_by(Escrow.currency))).all())
+    own = await service.balances(
+        session, [accounts.user_available(user_id), accounts.user_payout_in_transit(user_id)]
+    )
+    held = func.sum(Escrow.funded_amount - Escrow.released_amount - Escrow.refunded_amount)
+    as_buyer = dict(
+        (
+            await session.execute(
+                select(Escrow.currency, held)
+                .where(Escrow.buyer_id == user_id, Escrow.status.in_(_HOLDING))
+                .group_by(Escrow.currency)
+            )
+        ).all()
+    )
+    as_seller = dict(
+        (
+            await session.execute(
+                select(Escrow.currency, held)
+                .where(Escrow.seller_id == user_id, Escrow.status.in_(_HOLDING))
+                .group_by(Escrow.currency)
+            )
+        ).all()
+    )
     currencies = sorted({c for _, c in own} | set(as_buyer) | set(as_seller))
     out = []
     for currency in currencies:
         available = own.get((accounts.user_available(user_id), currency), 0)
-        wallet = WalletOut(currency=currency, available=available,
-                           held_as_buyer=int(as_buyer.get(currency) or 0),
-                           held_as_seller=int(as_seller.get(currency) or 0),
-                           pending_payout=own.get((accounts.user_payout_in_transit(user_id), currency), 0))
+        wallet = WalletOut(
+            currency=currency,
+            available=available,
+            held_as_buyer=int(as_buyer.get(currency) or 0),
+            held_as_seller=int(as_seller.get(currency) or 0),
+            pending_payout=own.get((accounts.user_payout_in_transit(user_id), currency), 0),
+        )
         if display_currency:
             converted = await fx.convert(available, currency, check_currency(display_currency.upper()))
-            wallet.display = {"available": converted["amount"], "currency": converted["currency"],
-                              "rate": converted["rate"]} if converted else None
+            wallet.display = (
+                {
+                    "available": converted["amount"],
+                    "currency": converted["currency"],
+                    "rate": converted["rate"],
+                }
+                if converted
+                else None
+            )
         out.append(wallet)
     return out
 
 
 @router.get("/wallets/{currency}/entries", response_model=Page[WalletEntryOut])
-async def wallet_entries(currency: str, principal: CurrentPrincipal, session: DbSession,
-                         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                         cursor: str | None = None) -> Page[WalletEntryOut]:
+async def wallet_entries(
+    currency: str,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> Page[WalletEntryOut]:
     """Ledger lines of the caller's available balance, newest first, with the running balance."""
     check_currency(currency.upper())
     before = decode_cursor(cursor).get("before") if cursor else None
-    rows = await service.wallet_lines(session, accounts.user_available(principal.id), currency.upper(),
-                                      limit=limit + 1, before_id=int(before) if before is not None else None)
+    rows = await service.wallet_lines(
+        session,
+        accounts.user_available(principal.id),
+        currency.upper(),
+        limit=limit + 1,
+        before_id=int(before) if before is not None else None,
+    )
     sign = accounts.normal_sign(accounts.AccountKind.liability)
-    data = [WalletEntryOut(id=p.id, reference=e.reference, description=e.description, amount=p.amount * sign,
-                           running_balance=running, created_at=p.created_at) for p, e, running in rows[:limit]]
+    data = [
+        WalletEntryOut(
+            id=p.id,
+            reference=e.reference,
+            description=e.description,
+            amount=p.amount * sign,
+            running_balance=running,
+            created_at=p.created_at,
+        )
+        for p, e, running in rows[:limit]
+    ]
     next_cursor = encode_cursor({"before": data[-1].id}) if len(rows) > limit and data else None
     return Page[WalletEntryOut](data=data, next_cursor=next_cursor)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core.db import upsert
@@ -32,6 +32,13 @@ class Leg:
 
 class UnbalancedEntry(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class PostedEntry:
+    id: int
+    reference: str
+    created: bool  # False when the reference had been posted before: nothing moved this time
 
 
 def debit(account: str, amount: int) -> Leg:
@@ -60,56 +67,97 @@ def _shard(code: str, reference: str) -> int:
 async def account_ids(session: AsyncSession, codes: Iterable[str], currency: str) -> dict[str, int]:
     """Ids of the accounts, created on first use (wallets are auto-created on first credit)."""
     wanted = set(codes)
-    rows = await session.execute(select(Account.code, Account.id).where(
-        Account.currency == currency, Account.code.in_(wanted)))
+    rows = await session.execute(
+        select(Account.code, Account.id).where(Account.currency == currency, Account.code.in_(wanted))
+    )
     found = {code: account_id for code, account_id in rows.all()}
     missing = wanted - found.keys()
     if missing:
-        await session.execute(upsert(session, Account).values([
-            {"code": code, "currency": currency, "kind": accounts.kind_of(code).value,
-             "user_id": accounts.owner_user_id(code)} for code in sorted(missing)
-        ]).on_conflict_do_nothing(index_elements=["code", "currency"]))
-        rows = await session.execute(select(Account.code, Account.id).where(
-            Account.currency == currency, Account.code.in_(missing)))
+        await session.execute(
+            upsert(session, Account)
+            .values(
+                [
+                    {
+                        "code": code,
+                        "currency": currency,
+                        "kind": accounts.kind_of(code).value,
+                        "user_id": accounts.owner_user_id(code),
+                    }
+                    for code in sorted(missing)
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["code", "currency"])
+        )
+        rows = await session.execute(
+            select(Account.code, Account.id).where(Account.currency == currency, Account.code.in_(missing))
+        )
         created = {code: account_id for code, account_id in rows.all()}
-        await session.execute(upsert(session, AccountBalance).values([
-            {"account_id": account_id, "shard": shard, "balance": 0,
-             "allow_negative": accounts.may_go_negative(code)}
-            for code, account_id in sorted(created.items())
-            for shard in range(accounts.HOT_SHARDS if accounts.is_hot(code) else 1)
-        ]).on_conflict_do_nothing(index_elements=["account_id", "shard"]))
+        await session.execute(
+            upsert(session, AccountBalance)
+            .values(
+                [
+                    {
+                        "account_id": account_id,
+                        "shard": shard,
+                        "balance": 0,
+                        "allow_negative": accounts.may_go_negative(code),
+                    }
+                    for code, account_id in sorted(created.items())
+                    for shard in range(accounts.HOT_SHARDS if accounts.is_hot(code) else 1)
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["account_id", "shard"])
+        )
         found.update(created)
     return found
 
 
-async def post_entry(session: AsyncSession, reference: str, currency: str, legs: Sequence[Leg], *,
-                     description: str = "", metadata: dict[str, Any] | None = None,
-                     escrow_id: str | None = None) -> JournalEntry:
+async def post_entry(
+    session: AsyncSession,
+    reference: str,
+    currency: str,
+    legs: Sequence[Leg],
+    *,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    escrow_id: str | None = None,
+) -> PostedEntry:
     """Write one balanced entry and update the cached balances, in the caller's transaction."""
     check_currency(currency)
     kept = _validated(legs)
-    existing = (await session.execute(select(JournalEntry).where(JournalEntry.reference == reference))).scalar()
-    if existing is not None:
-        return existing
-    entry_id = (await session.execute(
-        upsert(session, JournalEntry).values(
-            reference=reference, currency=currency, amount=_volume(kept), description=description[:300],
-            escrow_id=escrow_id,
-            details=metadata or {}, fx=await reporting_conversion(currency, _volume(kept)),
-        ).on_conflict_do_nothing(index_elements=["reference"]).returning(JournalEntry.id)
-    )).scalar()
-    if entry_id is None:  # a concurrent transaction posted this reference first
-        return (await session.execute(select(JournalEntry).where(JournalEntry.reference == reference))).scalar_one()
+    volume = _volume(kept)
+    entry_id = (
+        await session.execute(
+            upsert(session, JournalEntry)
+            .values(
+                reference=reference,
+                currency=currency,
+                amount=volume,
+                description=description[:300],
+                escrow_id=escrow_id,
+                details=metadata or {},
+                fx=await reporting_conversion(currency, volume),
+            )
+            .on_conflict_do_nothing(index_elements=["reference"])
+            .returning(JournalEntry.id)
+        )
+    ).scalar()
+    if entry_id is None:  # posted before (a retry, a duplicate webhook, a concurrent worker): no effect
+        existing = (
+            await session.execute(select(JournalEntry.id).where(JournalEntry.reference == reference))
+        ).scalar_one()
+        return PostedEntry(existing, reference, created=False)
     ids = await account_ids(session, {leg.account for leg in kept}, currency)
-    await session.execute(Posting.__table__.insert(), [
-        {"entry_id": entry_id, "account_id": ids[leg.account], "amount": leg.amount} for leg in kept
-    ])
+    await session.execute(
+        insert(Posting),
+        [{"entry_id": entry_id, "account_id": ids[leg.account], "amount": leg.amount} for leg in kept],
+    )
     deltas: dict[tuple[int, int], int] = defaultdict(int)
     for leg in kept:
         key = (ids[leg.account], _shard(leg.account, reference))
         deltas[key] += leg.amount * accounts.normal_sign(accounts.kind_of(leg.account))
     await _apply_balance_deltas(session, sorted(deltas.items()))
-    return await session.get_one(JournalEntry, entry_id)
+    return PostedEntry(entry_id, reference, created=True)
 
 
 _PG_APPLY_DELTAS = text(
@@ -122,16 +170,23 @@ _PG_APPLY_DELTAS = text(
 async def _apply_balance_deltas(session: AsyncSession, deltas: list[tuple[tuple[int, int], int]]) -> None:
     """Add each delta to its balance row, in a fixed order (no deadlocks); the CHECK refuses overdrafts."""
     if session.get_bind().dialect.name == "postgresql":
-        result = await session.execute(_PG_APPLY_DELTAS, {
-            "account_ids": [a for (a, _), _ in deltas], "shards": [s for (_, s), _ in deltas],
-            "deltas": [d for _, d in deltas]})
+        result = await session.execute(
+            _PG_APPLY_DELTAS,
+            {
+                "account_ids": [a for (a, _), _ in deltas],
+                "shards": [s for (_, s), _ in deltas],
+                "deltas": [d for _, d in deltas],
+            },
+        )
         updated = result.rowcount  # type: ignore[attr-defined]
     else:
         updated = 0
         for (account_id, shard), delta in deltas:
             result = await session.execute(
-                update(AccountBalance).where(AccountBalance.account_id == account_id, AccountBalance.shard == shard)
-                .values(balance=AccountBalance.balance + delta))
+                update(AccountBalance)
+                .where(AccountBalance.account_id == account_id, AccountBalance.shard == shard)
+                .values(balance=AccountBalance.balance + delta)
+            )
             updated += result.rowcount  # type: ignore[attr-defined]
     if updated != len(deltas):
         raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
@@ -143,11 +198,13 @@ def _volume(legs: Sequence[Leg]) -> int:
 
 async def balance(session: AsyncSession, code: str, currency: str) -> int:
     """The account's normal balance (0 for an account never used): one indexed read of ≤16 rows."""
-    total = (await session.execute(
-        select(func.coalesce(func.sum(AccountBalance.balance), 0))
-        .join(Account, Account.id == AccountBalance.account_id)
-        .where(Account.code == code, Account.currency == currency)
-    )).scalar_one()
+    total = (
+        await session.execute(
+            select(func.coalesce(func.sum(AccountBalance.balance), 0))
+            .join(Account, Account.id == AccountBalance.account_id)
+            .where(Account.code == code, Account.currency == currency)
+        )
+    ).scalar_one()
     return int(total)
 
 
@@ -156,7 +213,8 @@ async def balances(session: AsyncSession, codes: Iterable[str]) -> dict[tuple[st
     rows = await session.execute(
         select(Account.code, Account.currency, func.sum(AccountBalance.balance))
         .join(AccountBalance, AccountBalance.account_id == Account.id)
-        .where(Account.code.in_(list(codes))).group_by(Account.code, Account.currency)
+        .where(Account.code.in_(list(codes)))
+        .group_by(Account.code, Account.currency)
     )
     return {(code, currency): int(total) for code, currency, total in rows.all()}
 
@@ -165,10 +223,14 @@ async def lock_balance(session: AsyncSession, code: str, currency: str) -> int:
     """Read a non-hot account's balance under a row lock, so a check-then-debit cannot race."""
     if accounts.is_hot(code):
         raise ValueError("hot accounts are sharded and cannot be locked as one row")
-    row = (await session.execute(
-        select(AccountBalance.balance).join(Account, Account.id == AccountBalance.account_id)
-        .where(Account.code == code, Account.currency == currency).with_for_update()
-    )).scalar()
+    row = (
+        await session.execute(
+            select(AccountBalance.balance)
+            .join(Account, Account.id == AccountBalance.account_id)
+            .where(Account.code == code, Account.currency == currency)
+            .with_for_update()
+        )
+    ).scalar()
     return int(row or 0)
 
 
@@ -185,56 +247,91 @@ class LedgerReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.balance_mismatches or self.unbalanced_entries or self.currency_totals_not_zero
-                    or self.negative_accounts)
+        return not (
+            self.balance_mismatches
+            or self.unbalanced_entries
+            or self.currency_totals_not_zero
+            or self.negative_accounts
+        )
 
 
 async def verify_ledger(session: AsyncSession) -> LedgerReport:
     """Recompute every balance from the postings and check the invariants of DESIGN.md."""
     report = LedgerReport()
-    computed = dict((await session.execute(
-        select(Posting.account_id, func.sum(Posting.amount)).group_by(Posting.account_id))).all())
-    cached = dict((await session.execute(
-        select(AccountBalance.account_id, func.sum(AccountBalance.balance))
-        .group_by(AccountBalance.account_id))).all())
+    computed = dict(
+        (
+            await session.execute(
+                select(Posting.account_id, func.sum(Posting.amount)).group_by(Posting.account_id)
+            )
+        ).all()
+    )
+    cached = dict(
+        (
+            await session.execute(
+                select(AccountBalance.account_id, func.sum(AccountBalance.balance)).group_by(
+                    AccountBalance.account_id
+                )
+            )
+        ).all()
+    )
     all_accounts = (await session.execute(select(Account))).scalars().all()
     report.accounts_checked = len(all_accounts)
     for account in all_accounts:
         from_postings = int(computed.get(account.id, 0)) * accounts.normal_sign(account.kind)
         stored = int(cached.get(account.id, 0))
         if from_postings != stored:
-            report.balance_mismatches.append({"account": account.code, "currency": account.currency,
-                                              "cached": stored, "from_postings": from_postings})
+            report.balance_mismatches.append(
+                {
+                    "account": account.code,
+                    "currency": account.currency,
+                    "cached": stored,
+                    "from_postings": from_postings,
+                }
+            )
         if from_postings < 0 and not accounts.may_go_negative(account.code):
-            report.negative_accounts.append({"account": account.code, "currency": account.currency,
-                                             "balance": from_postings})
+            report.negative_accounts.append(
+                {"account": account.code, "currency": account.currency, "balance": from_postings}
+            )
     unbalanced = await session.execute(
         select(Posting.entry_id, func.sum(Posting.amount), func.count())
-        .group_by(Posting.entry_id).having((func.sum(Posting.amount) != 0) | (func.count() < 2)))
-    report.unbalanced_entries = [{"entry_id": entry_id, "sum": int(total), "postings": count}
-                                 for entry_id, total, count in unbalanced.all()]
+        .group_by(Posting.entry_id)
+        .having((func.sum(Posting.amount) != 0) | (func.count() < 2))
+    )
+    report.unbalanced_entries = [
+        {"entry_id": entry_id, "sum": int(total), "postings": count}
+        for entry_id, total, count in unbalanced.all()
+    ]
     report.entries_checked = int((await session.execute(select(func.count(JournalEntry.id)))).scalar_one())
     totals = await session.execute(
-        select(Account.currency, func.sum(Posting.amount)).join(Account, Account.id == Posting.account_id)
-        .group_by(Account.currency))
-    report.currency_totals_not_zero = [{"currency": currency, "sum": int(total)}
-                                       for currency, total in totals.all() if int(total) != 0]
+        select(Account.currency, func.sum(Posting.amount))
+        .join(Account, Account.id == Posting.account_id)
+        .group_by(Account.currency)
+    )
+    report.currency_totals_not_zero = [
+        {"currency": currency, "sum": int(total)} for currency, total in totals.all() if int(total) != 0
+    ]
     return report
 
 
-async def wallet_lines(session: AsyncSession, code: str, currency: str, *, limit: int,
-                       before_id: int | None) -> list[tuple[Posting, JournalEntry, int]]:
+async def wallet_lines(
+    session: AsyncSession, code: str, currency: str, *, limit: int, before_id: int | None
+) -> list[tuple[Posting, JournalEntry, int]]:
     """Postings of one account, newest first, each with the account's normal balance after it."""
-    account_id = (await session.execute(select(Account.id).where(Account.code == code, Account.currency == currency)
-                                         )).scalar()
+    account_id = (
+        await session.execute(select(Account.id).where(Account.code == code, Account.currency == currency))
+    ).scalar()
     if account_id is None:
         return []
     sign = accounts.normal_sign(accounts.kind_of(code))
     running = func.sum(Posting.amount * sign).over(order_by=Posting.id).label("running")
     inner = select(Posting.id.label("posting_id"), running).where(Posting.account_id == account_id).subquery()
-    query = (select(Posting, JournalEntry, inner.c.running)
-             .join(inner, inner.c.posting_id == Posting.id).join(JournalEntry, JournalEntry.id == Posting.entry_id)
-             .order_by(Posting.id.desc()).limit(limit))
+    query = (
+        select(Posting, JournalEntry, inner.c.running)
+        .join(inner, inner.c.posting_id == Posting.id)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .order_by(Posting.id.desc())
+        .limit(limit)
+    )
     if before_id is not None:
         query = query.where(Posting.id < before_id)
     return [(p, e, int(r)) for p, e, r in (await session.execute(query)).all()]

@@ -29,11 +29,18 @@ def actor(user: User) -> Actor:
     return Actor(user_id=user.id, role=user.role)
 
 
-async def move(database: Database, escrow_id: str, target: S, who: User | None, *, force: bool = False,
-               **params: object) -> Escrow:
+async def move(
+    database: Database, escrow_id: str, target: S, who: User | None, *, force: bool = False, **params: object
+) -> Escrow:
     async with database.transaction() as session:
-        return await apply_transition(session, escrow_id, target, actor(who) if who else Actor.system("test"),
-                                      params=dict(params), force=force)
+        return await apply_transition(
+            session,
+            escrow_id,
+            target,
+            actor(who) if who else Actor.system("test"),
+            params=dict(params),
+            force=force,
+        )
 
 
 async def escrow_in(status: S, database: Database, p: Parties, amount: int = 100_000) -> Escrow:
@@ -60,6 +67,9 @@ async def escrow_in(status: S, database: Database, p: Parties, amount: int = 100
 
 
 async def run_sweep(database: Database, settings: object, sweep: str) -> None:
-    handler = {"auto_release": tasks.auto_release, "expire": tasks.expire_unfunded,
-               "escalate": tasks.escalate_disputes}[sweep]
+    handler = {
+        "auto_release": tasks.auto_release,
+        "expire": tasks.expire_unfunded,
+        "escalate": tasks.escalate_disputes,
+    }[sweep]
     await handler(JobContext(database=database, settings=settings))  # type: ignore[arg-type]

@@ -20,8 +20,9 @@ PAIRS = 50
 
 
 @pytest.mark.postgres_only
-async def test_release_and_cancel_race(client: httpx.AsyncClient, factory: Factory, database: Database,
-                                       clock: FrozenClock) -> None:
+async def test_release_and_cancel_race(
+    client: httpx.AsyncClient, factory: Factory, database: Database, clock: FrozenClock
+) -> None:
     p = await parties(factory)
     escrows = []
     for _ in range(PAIRS):
@@ -41,9 +42,17 @@ async def test_release_and_cancel_race(client: httpx.AsyncClient, factory: Facto
         assert sorted((released, cancelled)) == [200, 409], (released, cancelled)
     async with database.transaction() as session:
         for escrow in escrows:
-            moves = (await session.execute(select(func.count()).select_from(JournalEntry).where(
-                JournalEntry.escrow_id == escrow.id,
-                JournalEntry.reference.in_([f"escrow:{escrow.id}:release", f"escrow:{escrow.id}:refund"])))
+            moves = (
+                await session.execute(
+                    select(func.count())
+                    .select_from(JournalEntry)
+                    .where(
+                        JournalEntry.escrow_id == escrow.id,
+                        JournalEntry.reference.in_(
+                            [f"escrow:{escrow.id}:release", f"escrow:{escrow.id}:refund"]
+                        ),
+                    )
+                )
             ).scalar_one()
             assert moves == 1, escrow.id
     assert {r for pair in results for r in pair} == {200, 409}
@@ -54,10 +63,14 @@ async def test_release_and_cancel_race(client: httpx.AsyncClient, factory: Facto
 async def test_duplicate_captures_fund_once(factory: Factory, database: Database) -> None:
     p = await parties(factory)
     escrow = await create_escrow(database, p.buyer, p.seller)
-    await asyncio.gather(*(capture(database, escrow.id, escrow.total_due, payment_id="pay_same")
-                           for _ in range(20)))
+    await asyncio.gather(
+        *(capture(database, escrow.id, escrow.total_due, payment_id="pay_same") for _ in range(20))
+    )
     async with database.transaction() as session:
-        entries = (await session.execute(select(func.count()).select_from(JournalEntry).where(
-            JournalEntry.escrow_id == escrow.id))).scalar_one()
+        entries = (
+            await session.execute(
+                select(func.count()).select_from(JournalEntry).where(JournalEntry.escrow_id == escrow.id)
+            )
+        ).scalar_one()
     assert entries == 1
     await assert_ledger_invariants(database)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from emanet.core.money import allocate, currency_exponent, percentage_of, round_half_up
 from emanet.core.settings import FeeRule, Settings
@@ -37,21 +39,40 @@ def test_allocate_sums_to_the_whole(total: int, weights: list[int]) -> None:
         assert abs(part - exact) < 1.0001
 
 
-@given(amount=amounts, currency=currencies, market=st.sampled_from(["product", "service", "project"]),
-       payer=st.sampled_from(["buyer", "seller", "split"]), rating=st.none() | st.integers(1, 5),
-       bps=st.integers(0, 10_000), fixed=st.integers(0, 10_000), penalty_to=st.sampled_from(["buyer", "platform"]))
+@given(
+    amount=amounts,
+    currency=currencies,
+    market=st.sampled_from(["product", "service", "project"]),
+    payer=st.sampled_from(["buyer", "seller", "split"]),
+    rating=st.none() | st.integers(1, 5),
+    bps=st.integers(0, 10_000),
+    fixed=st.integers(0, 10_000),
+    penalty_to=st.sampled_from(["buyer", "platform"]),
+)
 @hsettings(max_examples=300)
-def test_release_split_adds_up(amount: int, currency: str, market: str, payer: str, rating: int | None, bps: int,
-                               fixed: int, penalty_to: str) -> None:
-    settings = SETTINGS.model_copy(update={
-        "fee_rules": [FeeRule(market_type=market, percent_bps=bps, fixed={currency: fixed})],
-        "satisfaction_penalty_to": penalty_to})
+def test_release_split_adds_up(
+    amount: int,
+    currency: str,
+    market: str,
+    payer: str,
+    rating: int | None,
+    bps: int,
+    fixed: int,
+    penalty_to: str,
+) -> None:
+    settings = SETTINGS.model_copy(
+        update={
+            "fee_rules": [FeeRule(market_type=market, percent_bps=bps, fixed={currency: fixed})],
+            "satisfaction_penalty_to": penalty_to,
+        }
+    )
     fee = rules.platform_fee(settings, market, "general", currency, amount)
     assert 0 <= fee <= amount
     buyer_fee, seller_fee = rules.split_fee(fee, payer)
     assert buyer_fee + seller_fee == fee and min(buyer_fee, seller_fee) >= 0
-    split = rules.release_split(amount=amount, buyer_fee=buyer_fee, seller_fee=seller_fee, rating=rating,
-                                settings=settings)
+    split = rules.release_split(
+        amount=amount, buyer_fee=buyer_fee, seller_fee=seller_fee, rating=rating, settings=settings
+    )
     assert split.total == amount + buyer_fee
     assert min(split.seller, split.platform, split.buyer) >= 0
     if rating in (None, 4, 5):
@@ -64,15 +85,21 @@ def test_dispute_resolution_adds_up(amount: int, payer: str, data: st.DataObject
     buyer_fee, seller_fee = rules.split_fee(fee, payer)
     held = amount + buyer_fee
     refund = data.draw(st.integers(0, held))
-    split = rules.resolution_split(held=held, buyer_refund=refund, amount=amount, buyer_fee=buyer_fee,
-                                   seller_fee=seller_fee)
+    split = rules.resolution_split(
+        held=held, buyer_refund=refund, amount=amount, buyer_fee=buyer_fee, seller_fee=seller_fee
+    )
     assert split.total == held and split.buyer == refund
     assert min(split.seller, split.platform) >= 0
 
 
 def test_min_and_max_fee_clamp() -> None:
-    settings = SETTINGS.model_copy(update={"fee_rules": [
-        FeeRule(market_type="product", percent_bps=100, minimum={"TRY": 500}, maximum={"TRY": 10_000})]})
+    settings = SETTINGS.model_copy(
+        update={
+            "fee_rules": [
+                FeeRule(market_type="product", percent_bps=100, minimum={"TRY": 500}, maximum={"TRY": 10_000})
+            ]
+        }
+    )
     assert rules.platform_fee(settings, "product", "general", "TRY", 1_000) == 500
     assert rules.platform_fee(settings, "product", "general", "TRY", 10_000_000) == 10_000
     assert rules.platform_fee(settings, "product", "general", "TRY", 300) == 300  # never more than the price

@@ -17,8 +17,16 @@ CLEARING = accounts.provider_clearing("sandbox")
 async def test_posting_moves_money_and_balances_follow(database: Database) -> None:
     async with database.transaction() as session:
         await post_entry(session, "t:1", "TRY", [debit(CLEARING, 10_000), credit("escrow:esc_a", 10_000)])
-        await post_entry(session, "t:2", "TRY", [debit("escrow:esc_a", 10_000), credit("user:usr_s:available", 9_750),
-                                                 credit(accounts.PLATFORM_FEES, 250)])
+        await post_entry(
+            session,
+            "t:2",
+            "TRY",
+            [
+                debit("escrow:esc_a", 10_000),
+                credit("user:usr_s:available", 9_750),
+                credit(accounts.PLATFORM_FEES, 250),
+            ],
+        )
     async with database.transaction() as session:
         assert await balance(session, "escrow:esc_a", "TRY") == 0
         assert await balance(session, "user:usr_s:available", "TRY") == 9_750
@@ -49,11 +57,14 @@ async def test_concurrent_duplicates_post_once(database: Database) -> None:
     await assert_ledger_invariants(database)
 
 
-@pytest.mark.parametrize("legs", [
-    [Leg(CLEARING, 100), Leg("escrow:esc_d", -99)],
-    [Leg(CLEARING, 100)],
-    [Leg(CLEARING, 0), Leg("escrow:esc_d", 0)],
-])
+@pytest.mark.parametrize(
+    "legs",
+    [
+        [Leg(CLEARING, 100), Leg("escrow:esc_d", -99)],
+        [Leg(CLEARING, 100)],
+        [Leg(CLEARING, 0), Leg("escrow:esc_d", 0)],
+    ],
+)
 async def test_unbalanced_entry_is_refused_in_code(database: Database, legs: list[Leg]) -> None:
     async with database.transaction() as session:
         with pytest.raises(UnbalancedEntry):
@@ -63,8 +74,9 @@ async def test_unbalanced_entry_is_refused_in_code(database: Database, legs: lis
 async def test_user_balance_cannot_go_negative(database: Database) -> None:
     with pytest.raises(IntegrityError):
         async with database.transaction() as session:
-            await post_entry(session, "overdraw", "TRY", [debit("user:usr_x:available", 100),
-                                                          credit(CLEARING, 100)])
+            await post_entry(
+                session, "overdraw", "TRY", [debit("user:usr_x:available", 100), credit(CLEARING, 100)]
+            )
 
 
 @pytest.mark.postgres_only
@@ -74,12 +86,23 @@ async def test_database_refuses_unbalanced_postings_and_edits(database: Database
     # Written around the service, the deferred trigger still refuses an unbalanced entry at commit.
     with pytest.raises(DBAPIError, match="unbalanced"):
         async with database.transaction() as session:
-            entry_id = (await session.execute(text(
-                "INSERT INTO ledger_entries (reference, currency, amount, description, metadata, created_at) "
-                "VALUES ('raw', 'TRY', 5, '', '{}', now()) RETURNING id"))).scalar_one()
+            entry_id = (
+                await session.execute(
+                    text(
+                        "INSERT INTO ledger_entries "
+                        "(reference, currency, amount, description, metadata, created_at) "
+                        "VALUES ('raw', 'TRY', 5, '', '{}', now()) RETURNING id"
+                    )
+                )
+            ).scalar_one()
             account_id = (await session.execute(text("SELECT id FROM ledger_accounts LIMIT 1"))).scalar_one()
-            await session.execute(text("INSERT INTO ledger_postings (entry_id, account_id, amount, created_at) "
-                                       "VALUES (:e, :a, 5, now())"), {"e": entry_id, "a": account_id})
+            await session.execute(
+                text(
+                    "INSERT INTO ledger_postings (entry_id, account_id, amount, created_at) "
+                    "VALUES (:e, :a, 5, now())"
+                ),
+                {"e": entry_id, "a": account_id},
+            )
     with pytest.raises(DBAPIError, match="append-only"):
         async with database.transaction() as session:
             await session.execute(text("UPDATE ledger_postings SET amount = amount + 1"))
@@ -114,11 +137,15 @@ async def test_verify_command_exits_non_zero_after_tampering(database: Database,
         await post_entry(session, "cli", "TRY", [debit(CLEARING, 2_000), credit("escrow:esc_g", 2_000)])
     env = {**os.environ, "EMANET_DATABASE_URL": database_url, "COLUMNS": "200"}
     command = [sys.executable, "-m", "emanet.cli", "ledger", "verify"]
-    clean = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+    clean = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+    )
     assert clean.returncode == 0, clean.stdout + clean.stderr
     async with database.transaction() as session:
         await session.execute(text("SET LOCAL session_replication_role = replica"))
         await session.execute(text("UPDATE ledger_postings SET amount = 1999 WHERE amount = 2000"))
-    tampered = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+    tampered = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+    )
     assert tampered.returncode == 1
     assert "FAILED" in tampered.stdout and "provider:sandbox:clearing" in tampered.stdout
