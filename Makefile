@@ -27,7 +27,7 @@ run: $(STAMP) ## Migrate, load demo data and serve on http://$(HOST):$(PORT) (SQ
 	mkdir -p var
 	$(BIN)/emanet migrate
 	$(BIN)/emanet demo
-	EMANET_RUN_WORKER_IN_PROCESS=true EMANET_LOG_JSON=false $(BIN)/emanet serve --host $(HOST) --port $(PORT)
+	EMANET_PUBLIC_URL=$${EMANET_PUBLIC_URL:-http://$(HOST):$(PORT)} EMANET_RUN_WORKER_IN_PROCESS=true EMANET_MIN_HOLD_HOURS=$${EMANET_MIN_HOLD_HOURS:-0} EMANET_LOG_JSON=false $(BIN)/emanet serve --host $(HOST) --port $(PORT)
 
 migrate: $(STAMP) ## Apply database migrations
 	$(BIN)/emanet migrate

@@ -29,6 +29,7 @@ DEMO_USERS = (
 
 DEMO_ESCROWS = (
     {
+        "escrow_id": "esc_demo_camera",
         "title": "Vintage film camera (Canon AE-1)",
         "amount": 1_250_00,
         "currency": "TRY",
@@ -36,6 +37,7 @@ DEMO_ESCROWS = (
         "description": "Body and 50 mm lens, tested, ships from Istanbul.",
     },
     {
+        "escrow_id": "esc_demo_logo",
         "title": "Logo design package",
         "amount": 150_00,
         "currency": "USD",

@@ -127,13 +127,33 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
 
 
 async def truncate_all(engine: Any) -> None:
-    """Empty every table the migrations created (TRUNCATE does not fire the ledger's row triggers)."""
+    """Empty every table the migrations created and restart their sequences.
+
+    On PostgreSQL only the tables that hold rows are emptied, with DELETE under the ``replica`` replication
+    role so neither foreign keys nor the ledger's append-only row triggers fire. A TRUNCATE of every table
+    costs ~0.7 s per test; this costs milliseconds.
+    """
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             tables = (await conn.execute(text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                "SELECT tablename FROM pg_tables "
+                "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
             ))).scalars().all()
-            await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            filled = (await conn.execute(text(" UNION ALL ".join(
+                f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM \"{table}\")" for table in tables
+            )))).scalars().all()
+            if not filled:
+                return
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            for table in filled:
+                await conn.execute(text(f'DELETE FROM "{table}"'))
+            sequences = (await conn.execute(text(
+                "SELECT DISTINCT seq.oid::regclass::text FROM pg_class seq "
+                "JOIN pg_depend dep ON dep.objid = seq.oid JOIN pg_class tab ON tab.oid = dep.refobjid "
+                "WHERE seq.relkind = 'S' AND tab.relname = ANY(:tables)"
+            ), {"tables": list(filled)})).scalars().all()
+            for sequence in sequences:
+                await conn.execute(text(f"ALTER SEQUENCE {sequence} RESTART"))
         else:
             existing = set((await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")
                                                )).scalars().all())

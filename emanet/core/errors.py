@@ -5,7 +5,6 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,7 +13,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emanet.core.context import current_request_id
 
-log = structlog.get_logger("emanet.errors")
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://emanet.dev/problems/"
 
@@ -112,7 +110,8 @@ def problem_response(request: Request, status: int, code: str, detail: str, *, t
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
-                 415: "unsupported_media_type", 422: "unprocessable", 429: "rate_limited"}
+                 415: "unsupported_media_type", 422: "unprocessable", 429: "rate_limited",
+                 503: "service_unavailable"}
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -123,7 +122,22 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def internal_error_response(request: Request, exc: BaseException, *, debug: bool) -> JSONResponse:
+    """The 500 problem. Outside development nothing about the failure reaches the client but the trace_id."""
+    extra: dict[str, Any] = {}
+    if debug:
+        extra["exception"] = f"{type(exc).__name__}: {exc}"
+    return problem_response(request, 500, "internal_error",
+                            "An internal error occurred; quote the trace_id to support", **extra)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Problem+json for domain errors, validation errors and the framework's own 4xx.
+
+    Unhandled exceptions (500) are answered by ``RequestContextMiddleware``, which sits inside Starlette's
+    outermost error middleware and can therefore still add the ``X-Request-ID`` header.
+    """
+
     @app.exception_handler(EmanetError)
     async def _emanet_error(request: Request, exc: EmanetError) -> JSONResponse:
         return problem_response(request, exc.status, exc.code, exc.detail, title=exc.title,
@@ -145,14 +159,44 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = "No such resource"
         return problem_response(request, exc.status_code, code, detail, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
-        return problem_response(request, 500, "internal_error",
-                                "An internal error occurred; quote the trace_id to support")
+    _document_problems(app)
 
 
+_PROBLEM_REF = "#/components/schemas/Problem"
+_ERROR_SCHEMA_REFS = {_PROBLEM_REF, "#/components/schemas/HTTPValidationError"}
+PROBLEM_STATUSES = (400, 401, 403, 404, 409, 422, 429, 500)
+
+# Declared on the app so every route documents its errors; ``_document_problems`` moves the schema under
+# ``application/problem+json`` (FastAPI files a response ``model`` under the route's media type).
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": HTTPStatus(status).phrase}
-    for status in (400, 401, 403, 404, 409, 422, 429)
+    status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in PROBLEM_STATUSES
 }
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the service sends: errors are ``application/problem+json``."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                for status, response in operation.get("responses", {}).items():
+                    if status[:1] not in ("4", "5"):
+                        continue
+                    # FastAPI files the model under the route's own media type (JSON, HTML, CSV…).
+                    content = response.get("content", {})
+                    refs = {media.get("schema", {}).get("$ref") for media in content.values()}
+                    if refs & _ERROR_SCHEMA_REFS or not response.get("content"):
+                        response["content"] = {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}
+                        if status == "422":
+                            response["description"] = "Validation error (the problem lists ``errors``)"
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

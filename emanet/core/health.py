@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from emanet.core import metrics
 from emanet.core.db import Database
 
 router = APIRouter(tags=["operations"])
+PROBE_TIMEOUT_SECONDS = 3.0  # a dependency that does not answer in time counts as down
 
 
 class Check(BaseModel):
@@ -29,18 +32,22 @@ class Readiness(BaseModel):
     checks: dict[str, Check]
 
 
-@router.get("/health/live")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+class Liveness(BaseModel):
+    status: str
+
+
+@router.get("/health/live", response_model=Liveness)
+async def live() -> Liveness:
+    return Liveness(status="ok")
 
 
 async def _timed(name: str, probe: Any, required: bool = True) -> tuple[str, Check]:
     started = time.perf_counter()
     try:
-        detail = await probe()
+        detail = await asyncio.wait_for(probe(), timeout=PROBE_TIMEOUT_SECONDS)
         status = "ok"
-    except Exception as exc:
-        detail, status = f"{type(exc).__name__}", "down"
+    except Exception as exc:  # the exception type only: messages may carry hosts and credentials
+        detail, status = type(exc).__name__, "down"
     return name, Check(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2),
                        detail=detail, required=required)
 
@@ -62,19 +69,21 @@ async def ready(request: Request) -> JSONResponse:
         await redis.ping()
         return "redis"
 
-    async def storage_probe() -> str:
+    def write_and_remove_probe_file() -> None:
         path = Path(settings.storage_dir)
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".ready"
+        probe = path / f".ready-{uuid.uuid4().hex}"  # unique: probes may run concurrently
         probe.write_bytes(b"ok")
         probe.unlink()
+
+    async def storage_probe() -> str:
+        await asyncio.to_thread(write_and_remove_probe_file)
         return "local-disk"
 
-    results = [await _timed("database", db_probe), await _timed("cache", redis_probe),
-               await _timed("storage", storage_probe)]
-    for provider_name, provider_probe in getattr(request.app.state, "provider_probes", {}).items():
-        results.append(await _timed(f"provider:{provider_name}", provider_probe, required=False))
-    checks = dict(results)
+    probes = [_timed("database", db_probe), _timed("cache", redis_probe), _timed("storage", storage_probe)]
+    probes += [_timed(f"provider:{name}", provider_probe, required=False)
+               for name, provider_probe in getattr(request.app.state, "provider_probes", {}).items()]
+    checks = dict(await asyncio.gather(*probes))
     healthy = all(c.status == "ok" for c in checks.values() if c.required)
     body = Readiness(status="ok" if healthy else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -1,8 +1,12 @@
 """Idempotency-Key (IETF draft): replay the stored response, 422 on a different request, 409 while in flight.
 
-Keys are scoped to the credential that sent them (a hash of the Authorization header, or the client IP
-for anonymous calls) and kept ``EMANET_IDEMPOTENCY_TTL_HOURS``. A first attempt that ended in a 5xx or an
-exception releases its key so the client can retry; an attempt still "in flight" after
+Keys are scoped to the caller: the verified identity behind a bearer JWT (so a refreshed token keeps its
+keys), the API key, or the client IP for anonymous calls. They are kept ``EMANET_IDEMPOTENCY_TTL_HOURS``;
+an expired row is replaced by the next request with its key. The response is stored before it is sent,
+so a client that retries the moment it has an answer gets the replay, never a 409.
+
+An attempt that ends in a 5xx or an exception releases its key so the client can retry, and so do answers
+given before the handler ran (401 bad credentials, 429 rate limited). An attempt still "in flight" after
 ``STALE_AFTER`` (a crashed process) may be taken over, which is safe because every money effect below is
 itself idempotent (ledger references, the escrow state machine).
 """
@@ -19,19 +23,38 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emanet.core import clock
+from emanet.core.auth import API_KEY_PREFIX, bearer_token, hash_api_key, verify_token
 from emanet.core.db import Database
-from emanet.core.errors import problem_response
+from emanet.core.errors import EmanetError, problem_response
 from emanet.core.middleware import UNSAFE_METHODS, client_ip
 from emanet.core.models import IdempotencyKey
+from emanet.core.settings import Settings
 
 HEADER = "idempotency-key"
 STALE_AFTER = timedelta(minutes=5)
-_REPLAYED_HEADERS = ("content-type", "location")
+MAX_KEY_LENGTH = 255
+_REPLAYED_HEADERS = frozenset({"content-type", "location"})
+# Answers given before the operation ran: storing them would replay a refusal after the cause is gone.
+_NOT_STORED = frozenset({401, 429})
 
 
-def _caller(request: Request) -> str:
-    credential = request.headers.get("authorization") or f"anonymous:{client_ip(request)}"
-    return hashlib.sha256(credential.encode()).hexdigest()
+async def caller_identity(request: Request, settings: Settings) -> str:
+    """Whose key space an Idempotency-Key lives in. Never trusts an unverified token."""
+    try:
+        token = bearer_token(request)
+    except EmanetError:  # not a Bearer header: the request will be refused with 401
+        return "credential:" + hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()
+    if token is None:
+        return f"ip:{client_ip(request)}"
+    if token.startswith(API_KEY_PREFIX):
+        return f"api_key:{hash_api_key(token)}"
+    try:
+        verified = await verify_token(token, settings)
+    except EmanetError:
+        # The request will be refused with 401; keep such attempts apart from everyone else's keys.
+        return "credential:" + hashlib.sha256(token.encode()).hexdigest()
+    request.state.verified_token = verified  # saves the authentication dependency a second check
+    return verified.identity
 
 
 def _fingerprint(method: str, path: str, query: str, caller: str, body: bytes) -> str:
@@ -57,12 +80,18 @@ class IdempotencyMiddleware:
         if key is None:
             await self.app(scope, receive, send)
             return
-        if not (1 <= len(key) <= 255):
-            await problem_response(request, 400, "invalid_idempotency_key",
-                                   "Idempotency-Key must be 1 to 255 characters")(scope, receive, send)
+        if not (1 <= len(key) <= MAX_KEY_LENGTH):
+            invalid = problem_response(request, 400, "invalid_idempotency_key",
+                                       f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+            await invalid(scope, receive, send)
             return
         body = await _read_body(receive)
-        caller = _caller(request)
+        try:
+            identity = await caller_identity(request, scope["app"].state.settings)
+        except EmanetError as exc:  # the identity provider is unreachable: same answer auth would give
+            await problem_response(request, exc.status, exc.code, exc.detail)(scope, receive, send)
+            return
+        caller = hashlib.sha256(identity.encode()).hexdigest()
         fingerprint = _fingerprint(scope["method"], scope["path"], scope.get("query_string", b"").decode(),
                                    caller, body)
         database: Database = self._database_getter()
@@ -71,41 +100,36 @@ class IdempotencyMiddleware:
             await self._answer_existing(request, existing, fingerprint, scope, receive, send)
             return
 
-        captured: dict[str, Any] = {"status": None, "headers": [], "body": bytearray()}
+        start: Message = {}
+        chunks: list[bytes] = []
 
         async def replay_receive() -> Message:
             nonlocal body
             chunk, body = body, b""
             return {"type": "http.request", "body": chunk, "more_body": False}
 
-        async def capturing_send(message: Message) -> None:
+        async def buffering_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                captured["status"] = message["status"]
-                captured["headers"] = message.get("headers", [])
+                start.update(message)
             elif message["type"] == "http.response.body":
-                captured["body"] += message.get("body", b"")
-            await send(message)
+                chunks.append(message.get("body", b""))
 
         try:
-            await self.app(scope, replay_receive, capturing_send)
+            await self.app(scope, replay_receive, buffering_send)
         except BaseException:
             await self._release(database, caller, key)
             raise
-        status = captured["status"] or 500
-        if status >= 500:
+        status: int = start.get("status", 500)
+        response_body = b"".join(chunks)
+        if status >= 500 or status in _NOT_STORED:
             await self._release(database, caller, key)
-            return
-        headers = {k.decode().lower(): v.decode() for k, v in captured["headers"]
-                   if k.decode().lower() in _REPLAYED_HEADERS}
-        async with database.transaction() as session:
-            await session.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
-                .values(state="completed", response_status=status, response_headers=headers,
-                        response_body=bytes(captured["body"]).decode("utf-8", "replace"))
-            )
+        else:
+            await self._complete(database, caller, key, status, start.get("headers", []), response_body)
+        await send({**start, "status": status})
+        await send({"type": "http.response.body", "body": response_body})
 
-    async def _claim(self, database: Database, caller: str, key: str, fingerprint: str) -> IdempotencyKey | None:
+    async def _claim(self, database: Database, caller: str, key: str,
+                     fingerprint: str) -> IdempotencyKey | None:
         """Insert an in-flight row; return the existing row when another request holds the key."""
         now = clock.now()
         for _ in range(2):
@@ -129,10 +153,23 @@ class IdempotencyMiddleware:
             return (await session.execute(select(IdempotencyKey).where(
                 IdempotencyKey.caller == caller, IdempotencyKey.key == key))).scalar_one()
 
+    async def _complete(self, database: Database, caller: str, key: str, status: int,
+                        raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw_headers
+                   if name.decode("latin-1").lower() in _REPLAYED_HEADERS}
+        async with database.transaction() as session:
+            await session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
+                .values(state="completed", response_status=status, response_headers=headers,
+                        response_body=body.decode("utf-8", "replace"))
+            )
+
     async def _release(self, database: Database, caller: str, key: str) -> None:
         async with database.transaction() as session:
             await session.execute(delete(IdempotencyKey).where(
-                IdempotencyKey.caller == caller, IdempotencyKey.key == key, IdempotencyKey.state == "in_flight"))
+                IdempotencyKey.caller == caller, IdempotencyKey.key == key,
+                IdempotencyKey.state == "in_flight"))
 
     async def _answer_existing(self, request: Request, row: IdempotencyKey, fingerprint: str,
                                scope: Scope, receive: Receive, send: Send) -> None:
@@ -163,7 +200,7 @@ async def _read_body(receive: Receive) -> bytes:
 
 async def _replay(row: IdempotencyKey, send: Send) -> None:
     body = (row.response_body or "").encode()
-    headers = [(k.encode(), v.encode()) for k, v in (row.response_headers or {}).items()]
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (row.response_headers or {}).items()]
     headers += [(b"content-length", str(len(body)).encode()), (b"idempotent-replayed", b"true")]
     await send({"type": "http.response.start", "status": row.response_status or 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -14,10 +14,45 @@ SENSITIVE_KEYS = re.compile(
     r"signature|hash_data|cookie)",
     re.IGNORECASE,
 )
-# Card numbers (13-19 digits, optionally grouped) and bearer tokens inside free text.
-_CARD_IN_TEXT = re.compile(r"\b(?:\d[ -]?){13,19}\b")
-_BEARER_IN_TEXT = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+")
 REDACTED = "[redacted]"
+# Secrets inside free text (exception messages, foreign log lines): each pattern's whole match is replaced.
+_SECRETS_IN_TEXT = (
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),  # any JWT
+    re.compile(r"\b(?:emk|whsec|sk_live|sk_test|rk_live|rk_test)_[A-Za-z0-9_+/=-]+"),  # API keys and secrets
+)
+# ``password=…``, ``"secret": "…"``: keep the name, drop the value.
+_ASSIGNED_SECRET = re.compile(
+    r"(?i)\b((?:password|passwd|secret|token|api[_-]?key|authorization|cvc|cvv|otp)\w*[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',;&}]+"
+)
+# An OTP or PIN next to the word that names it ("code 123456", "OTP: 123456").
+_OTP_IN_TEXT = re.compile(r"(?i)\b((?:otp|code|pin|passcode)\b[^\w\n]{0,3})\d{4,8}\b")
+# Card numbers: 13-19 digits, optionally grouped; only Luhn-valid runs, so ids and amounts survive.
+_CARD_IN_TEXT = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+
+
+def _luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _redact_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0))
+    return REDACTED if _luhn_valid(digits) else match.group(0)
+
+
+def scrub_text(text: str) -> str:
+    for pattern in _SECRETS_IN_TEXT:
+        text = pattern.sub(REDACTED, text)
+    text = _ASSIGNED_SECRET.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _OTP_IN_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
+    return _CARD_IN_TEXT.sub(_redact_card, text)
 
 
 def _scrub(value: Any) -> Any:
@@ -26,7 +61,7 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     if isinstance(value, str):
-        return _BEARER_IN_TEXT.sub("Bearer " + REDACTED, _CARD_IN_TEXT.sub(REDACTED, value))
+        return scrub_text(value)
     return value
 
 

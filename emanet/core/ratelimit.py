@@ -8,20 +8,24 @@ the classic ``RateLimit-Limit/-Remaining/-Reset``; a refusal is a 429 problem wi
 from __future__ import annotations
 
 import math
+import time
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request, Response
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
+from limits.errors import StorageError
 
-from emanet.core import clock
 from emanet.core.auth import Principal, optional_principal
 from emanet.core.errors import RateLimited
 from emanet.core.middleware import client_ip
 from emanet.core.settings import Settings
 
-# route path template -> (settings attribute of the tier, tier name)
+log = structlog.get_logger("emanet.ratelimit")
+
+# route path template -> the settings attribute holding its tighter tier (applies to unsafe methods)
 ROUTE_TIERS: dict[str, str] = {
     "/api/v1/otp/send": "rate_limit_otp",
     "/api/v1/otp/resend": "rate_limit_otp",
@@ -37,7 +41,9 @@ class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage: Storage = (
-            RedisStorage(settings.redis_url, implementation="redispy", key_prefix="emanet-rl")
+            RedisStorage(settings.redis_url, implementation="redispy", wrap_exceptions=True,
+                         key_prefix=f"{settings.redis_key_prefix}-rl", socket_timeout=2,
+                         socket_connect_timeout=2)
             if settings.redis_url else MemoryStorage()
         )
         self.limiter = FixedWindowRateLimiter(self.storage)
@@ -50,9 +56,9 @@ class RateLimiter:
         item = self.item(tier)
         allowed = await self.limiter.hit(item, tier, identity)
         stats = await self.limiter.get_window_stats(item, tier, identity)
-        reset_in = max(0, math.ceil(stats.reset_time - clock.now().timestamp()))
-        # The storage reads wall time; keep the hint sane when tests move our clock.
-        reset_in = min(reset_in, item.get_expiry())
+        # Windows live in the storage, which keeps wall time (Redis' clock, or time.time() in process), so
+        # the reset hint is computed on the same clock and not on the business clock tests move.
+        reset_in = min(max(0, math.ceil(stats.reset_time - time.time())), item.get_expiry())
         return allowed, item, stats.remaining, reset_in
 
 
@@ -70,7 +76,8 @@ def _headers(item: RateLimitItem, remaining: int, reset_in: int, tier: str) -> d
 async def enforce_rate_limit(request: Request, response: Response,
                              principal: Annotated[Principal | None, Depends(optional_principal)]) -> None:
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
-    if limiter is None or not limiter.settings.rate_limit_enabled or request.url.path.startswith(EXEMPT_PREFIXES):
+    if (limiter is None or not limiter.settings.rate_limit_enabled
+            or request.url.path.startswith(EXEMPT_PREFIXES)):
         return
     identity = f"user:{principal.id}" if principal else f"ip:{client_ip(request)}"
     base_tier = "rate_limit_default" if principal else "rate_limit_anonymous"
@@ -81,7 +88,12 @@ async def enforce_rate_limit(request: Request, response: Response,
         tiers.append(special)
     tightest: dict[str, str] | None = None
     for tier in tiers:
-        allowed, item, remaining, reset_in = await limiter.hit(tier, identity)
+        try:
+            allowed, item, remaining, reset_in = await limiter.hit(tier, identity)
+        except StorageError as exc:
+            # Redis down: serve rather than refuse everyone (/health/ready reports the outage).
+            log.warning("rate_limit_storage_unavailable", error=str(exc.storage_error))
+            return
         headers = _headers(item, remaining, reset_in, tier.removeprefix("rate_limit_"))
         if not allowed:
             raise RateLimited(f"Too many requests; retry in {max(reset_in, 1)} seconds",

@@ -104,6 +104,7 @@ class NewEscrow:
     inspection_days: float | None = None
     expires_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    escrow_id: str | None = None  # a fixed id, for demo data the README refers to
 
 
 async def _next_number(session: AsyncSession) -> str:
@@ -221,6 +222,8 @@ async def create_escrow(
         created_at=now,
         updated_at=now,
     )
+    if data.escrow_id:
+        escrow.id = data.escrow_id
     session.add(escrow)
     await session.flush()
     await _record(session, escrow, "created", actor, None, S.pending_payment, data.metadata)

@@ -50,3 +50,13 @@ class ApiKeyOut(BaseModel):
 
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The secret; shown only once")
+
+
+class AdminUserOut(UserOut):
+    """What support and admins see in the user list."""
+
+    suspended_reason: str | None
+    phone_verified_at: datetime | None
+    identity_verified_at: datetime | None
+    oidc_issuer: str | None
+    updated_at: datetime

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import phonenumbers
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
-from emanet.core.auth import ALL_SCOPES, hash_api_key, new_api_key_secret
-from emanet.core.errors import Conflict, NotFound, Unprocessable
+from emanet.core.auth import ALL_SCOPES, STAFF_SCOPE, hash_api_key, new_api_key_secret
+from emanet.core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from emanet.users.models import ApiKey, Role, User
 
 
@@ -52,10 +55,13 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
 
 async def find_user(session: AsyncSession, reference: str) -> User:
     """A user by id, e-mail or phone (for operators and the CLI)."""
-    column = User.id if reference.startswith("usr_") else User.email if "@" in reference else User.phone
-    value = normalize_phone(reference) if column is User.phone else reference.lower() if column is User.email \
-        else reference
-    user = (await session.execute(select(User).where(column == value))).scalar_one_or_none()
+    if reference.startswith("usr_"):
+        condition = User.id == reference
+    elif "@" in reference:
+        condition = User.email == reference.lower()
+    else:
+        condition = User.phone == normalize_phone(reference)
+    user = (await session.execute(select(User).where(condition))).scalar_one_or_none()
     if user is None:
         raise NotFound(f"No user {reference!r}")
     return user
@@ -76,12 +82,19 @@ async def update_profile(session: AsyncSession, user: User, *, name: str | None,
     return user
 
 
-async def create_api_key(session: AsyncSession, user: User, name: str, scopes: Sequence[str]) -> tuple[ApiKey, str]:
+async def create_api_key(session: AsyncSession, user: User, name: str, scopes: Sequence[str], *,
+                         granted_by: frozenset[str] = ALL_SCOPES) -> tuple[ApiKey, str]:
+    """A new key for ``user``. ``granted_by`` is what the creating credential may do itself: a key can never
+    mint a key with more rights than its own."""
     unknown = sorted(set(scopes) - ALL_SCOPES)
     if unknown:
         raise Unprocessable(f"Unknown scopes: {', '.join(unknown)}", code="invalid_scope")
-    if "admin" in scopes and user.role != Role.admin:
-        raise Unprocessable("Only admins may create keys with the admin scope", code="invalid_scope")
+    if STAFF_SCOPE in scopes and user.role not in (Role.admin, Role.support):
+        raise Unprocessable("Only admin and support users may create keys with the admin scope",
+                            code="invalid_scope")
+    beyond = sorted(set(scopes) - granted_by)
+    if beyond:
+        raise Forbidden(f"This credential cannot grant: {', '.join(beyond)}", code="scope_required")
     secret = new_api_key_secret()
     key = ApiKey(user_id=user.id, name=name, scopes=sorted(set(scopes)), secret_hash=hash_api_key(secret))
     session.add(key)
@@ -90,7 +103,8 @@ async def create_api_key(session: AsyncSession, user: User, name: str, scopes: S
 
 
 async def list_api_keys(session: AsyncSession, user: User) -> Sequence[ApiKey]:
-    result = await session.execute(select(ApiKey).where(ApiKey.user_id == user.id).order_by(ApiKey.created_at))
+    result = await session.execute(
+        select(ApiKey).where(ApiKey.user_id == user.id).order_by(ApiKey.created_at, ApiKey.id))
     return result.scalars().all()
 
 
@@ -102,3 +116,80 @@ async def revoke_api_key(session: AsyncSession, user: User, key_id: str) -> ApiK
         key.revoked_at = clock.now()
     await session.flush()
     return key
+
+
+# ---------------------------------------------------------------------------------------------- admin listing
+
+SORTABLE = {"created_at": User.created_at, "name": User.name, "role": User.role, "status": User.status}
+
+
+@dataclass(frozen=True)
+class UserFilters:
+    role: str | None = None
+    status: str | None = None
+    verification_level: str | None = None
+    q: str | None = None  # id, or part of e-mail, phone or name
+
+
+def _parse_sort(sort: str | None) -> list[tuple[str, bool]]:
+    """``"-created_at,name"`` -> ``[("created_at", True), ("name", False)]`` (True: descending)."""
+    parsed = []
+    for item in [part.strip() for part in (sort or "-created_at").split(",") if part.strip()]:
+        name = item.lstrip("-")
+        if name not in SORTABLE:
+            raise Unprocessable(f"Cannot sort by {name!r}; use {', '.join(SORTABLE)}", code="invalid_sort")
+        parsed.append((name, item.startswith("-")))
+    return parsed
+
+
+def _filtered(filters: UserFilters) -> Any:
+    query = select(User)
+    if filters.role:
+        query = query.where(User.role == filters.role)
+    if filters.status:
+        query = query.where(User.status == filters.status)
+    if filters.verification_level:
+        query = query.where(User.verification_level == filters.verification_level)
+    if filters.q and filters.q.strip():
+        term = filters.q.strip()
+        lowered = term.lower()
+        query = query.where(or_(
+            User.id == term,
+            func.lower(User.email).contains(lowered, autoescape=True),
+            User.phone.contains(term, autoescape=True),
+            func.lower(User.name).contains(lowered, autoescape=True),
+        ))
+    return query
+
+
+UserPage = tuple[list[User], dict[str, Any] | None]
+
+
+async def list_users(session: AsyncSession, filters: UserFilters, *, limit: int,
+                     cursor: dict[str, Any] | None, sort: str | None) -> UserPage:
+    """Keyset pagination over the chosen sort (the id breaks ties): one query per page, whatever its size."""
+    order = _parse_sort(sort)
+    keys = [*order, ("id", order[0][1])]
+    columns = {**SORTABLE, "id": User.id}
+    query = _filtered(filters)
+    if cursor:
+        try:
+            values = [datetime.fromisoformat(cursor[name]) if name == "created_at" else str(cursor[name])
+                      for name, _ in keys]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Unprocessable("The cursor does not match this sort", code="invalid_cursor") from exc
+        after = []
+        for index, (name, descending) in enumerate(keys):
+            same = [columns[n] == v for (n, _), v in zip(keys[:index], values[:index], strict=True)]
+            beyond = columns[name] < values[index] if descending else columns[name] > values[index]
+            after.append(and_(*same, beyond))
+        query = query.where(or_(*after))
+    query = query.order_by(*[columns[n].desc() if d else columns[n].asc() for n, d in keys]).limit(limit + 1)
+    rows = list((await session.execute(query)).scalars().all())
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    next_cursor = {name: (last.created_at.isoformat() if name == "created_at" else getattr(last, name))
+                   for name, _ in keys}
+    return rows, next_cursor
