@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from emanet.core.db import Database
-from emanet.core.errors import EmanetError
 from emanet.core.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 app = typer.Typer(help="Emanet: open-source escrow payments.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -26,6 +26,10 @@ T = TypeVar("T")
 
 
 def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    # Imported here: ``emanet serve`` (a supervisor process under --workers) never needs the ORM or FastAPI.
+    from emanet.core.db import Database
+    from emanet.core.errors import EmanetError
+
     async def _run() -> T:
         database = Database(get_settings())
         try:
@@ -121,6 +125,50 @@ def ledger_verify() -> None:
         console.print("[red]ledger verification FAILED[/red]")
         raise typer.Exit(1)
     console.print("[green]ledger OK[/green]")
+
+
+@app.command()
+def reconcile(
+    provider: Annotated[str, typer.Option(help="Provider name, e.g. sandbox, stripe")],
+    day: Annotated[str, typer.Option("--date", help="The UTC day to reconcile, YYYY-MM-DD")],
+) -> None:
+    """Compare a provider's records of a day with ours; store the report; exit 1 when anything differs."""
+    from datetime import date
+
+    from emanet.core.db import Database
+    from emanet.core.errors import EmanetError
+    from emanet.payments.models import ReconciliationReport
+    from emanet.payments.reconcile import reconcile as run_reconciliation
+
+    try:
+        wanted = date.fromisoformat(day)
+    except ValueError as exc:
+        raise typer.BadParameter("use YYYY-MM-DD", param_hint="--date") from exc
+
+    async def _run() -> ReconciliationReport:
+        settings = get_settings()
+        database = Database(settings)
+        try:
+            return await run_reconciliation(database, settings, provider, wanted, requested_by="cli")
+        finally:
+            await database.dispose()
+
+    try:
+        report = asyncio.run(_run())
+    except EmanetError as exc:
+        console.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from exc
+    console.print(f"{provider} {wanted}: {report.provider_records} provider records, {report.our_records} "
+                  f"ours, {report.matched} matched, {report.missing} missing, {report.extra} extra, "
+                  f"{report.mismatched} mismatched (report {report.id})")
+    if report.items:
+        columns = ["issue", "kind", "reference", "currency", "provider_amount", "our_amount", "our_id"]
+        table = Table(*columns, title="differences")
+        for item in report.items:
+            table.add_row(*(str(item.get(column, "")) for column in columns))
+        console.print(table)
+        raise typer.Exit(1)
+    console.print("[green]reconciled[/green]")
 
 
 @app.command()

@@ -58,7 +58,8 @@ class RateLimiter:
         stats = await self.limiter.get_window_stats(item, tier, identity)
         # Windows live in the storage, which keeps wall time (Redis' clock, or time.time() in process), so
         # the reset hint is computed on the same clock and not on the business clock tests move.
-        reset_in = min(max(0, math.ceil(stats.reset_time - time.time())), item.get_expiry())
+        wall_now = time.time()  # clock-ok: the storage keeps wall time
+        reset_in = min(max(0, math.ceil(stats.reset_time - wall_now)), item.get_expiry())
         return allowed, item, stats.remaining, reset_in
 
 

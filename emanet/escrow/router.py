@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
+from pydantic import Field
 from sqlalchemy import select
 
 from emanet.core.auth import AdminPrincipal, CurrentPrincipal, StaffPrincipal, require_scope
@@ -30,6 +31,8 @@ from emanet.escrow.schemas import (
     StatusChange,
 )
 from emanet.ledger.models import JournalEntry
+from emanet.payments.schemas import PaymentSummary
+from emanet.payments.service import escrow_payments
 
 router = APIRouter(prefix="/api/v1", tags=["escrows"])
 S = EscrowStatus
@@ -84,7 +87,12 @@ def to_out(escrow: Escrow) -> EscrowOut:
     )
 
 
-async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetail:
+# --- payments domain: the escrow's payments in its detail (owned by emanet/payments) ---
+class EscrowDetailWithPayments(EscrowDetail):
+    payments: list[PaymentSummary] = Field(description="Every payment made (or tried) for this escrow")
+
+
+async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetailWithPayments:
     entries = (
         (
             await session.execute(
@@ -103,7 +111,8 @@ async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetail:
         )
         for e in entries
     ]
-    return EscrowDetail(**to_out(escrow).model_dump(), ledger=lines)
+    payments = [PaymentSummary.of(p) for p in await escrow_payments(session, escrow.id)]
+    return EscrowDetailWithPayments(**to_out(escrow).model_dump(), ledger=lines, payments=payments)
 
 
 @router.post("/escrows", response_model=EscrowOut, status_code=status.HTTP_201_CREATED, dependencies=[WRITE])
@@ -205,8 +214,9 @@ async def list_escrows(
     return await _page(session, filters, principal.id, limit, cursor, sort)
 
 
-@router.get("/escrows/{escrow_id}", response_model=EscrowDetail, dependencies=[READ])
-async def get_escrow(escrow_id: str, principal: CurrentPrincipal, session: DbSession) -> EscrowDetail:
+@router.get("/escrows/{escrow_id}", response_model=EscrowDetailWithPayments, dependencies=[READ])
+async def get_escrow(escrow_id: str, principal: CurrentPrincipal,
+                     session: DbSession) -> EscrowDetailWithPayments:
     return await to_detail(session, await service.get_escrow(session, escrow_id, principal))
 
 
@@ -375,8 +385,9 @@ async def admin_list_escrows(
     return await _page(session, filters, None, limit, cursor, sort)
 
 
-@router.get("/admin/escrows/{escrow_id}", response_model=EscrowDetail, tags=["admin"])
-async def admin_get_escrow(escrow_id: str, principal: StaffPrincipal, session: DbSession) -> EscrowDetail:
+@router.get("/admin/escrows/{escrow_id}", response_model=EscrowDetailWithPayments, tags=["admin"])
+async def admin_get_escrow(escrow_id: str, principal: StaffPrincipal,
+                           session: DbSession) -> EscrowDetailWithPayments:
     return await to_detail(session, await service.get_escrow(session, escrow_id, principal))
 
 
