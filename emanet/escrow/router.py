@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
-from pydantic import Field
 from sqlalchemy import select
 
 from emanet.core.auth import AdminPrincipal, CurrentPrincipal, StaffPrincipal, require_scope
@@ -87,12 +86,7 @@ def to_out(escrow: Escrow) -> EscrowOut:
     )
 
 
-# --- payments domain: the escrow's payments in its detail (owned by emanet/payments) ---
-class EscrowDetailWithPayments(EscrowDetail):
-    payments: list[PaymentSummary] = Field(description="Every payment made (or tried) for this escrow")
-
-
-async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetailWithPayments:
+async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetail:
     entries = (
         (
             await session.execute(
@@ -112,7 +106,7 @@ async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetailWithPayme
         for e in entries
     ]
     payments = [PaymentSummary.of(p) for p in await escrow_payments(session, escrow.id)]
-    return EscrowDetailWithPayments(**to_out(escrow).model_dump(), ledger=lines, payments=payments)
+    return EscrowDetail(**to_out(escrow).model_dump(), ledger=lines, payments=payments)
 
 
 @router.post("/escrows", response_model=EscrowOut, status_code=status.HTTP_201_CREATED, dependencies=[WRITE])
@@ -214,9 +208,9 @@ async def list_escrows(
     return await _page(session, filters, principal.id, limit, cursor, sort)
 
 
-@router.get("/escrows/{escrow_id}", response_model=EscrowDetailWithPayments, dependencies=[READ])
+@router.get("/escrows/{escrow_id}", response_model=EscrowDetail, dependencies=[READ])
 async def get_escrow(escrow_id: str, principal: CurrentPrincipal,
-                     session: DbSession) -> EscrowDetailWithPayments:
+                     session: DbSession) -> EscrowDetail:
     return await to_detail(session, await service.get_escrow(session, escrow_id, principal))
 
 
@@ -385,9 +379,9 @@ async def admin_list_escrows(
     return await _page(session, filters, None, limit, cursor, sort)
 
 
-@router.get("/admin/escrows/{escrow_id}", response_model=EscrowDetailWithPayments, tags=["admin"])
+@router.get("/admin/escrows/{escrow_id}", response_model=EscrowDetail, tags=["admin"])
 async def admin_get_escrow(escrow_id: str, principal: StaffPrincipal,
-                           session: DbSession) -> EscrowDetailWithPayments:
+                           session: DbSession) -> EscrowDetail:
     return await to_detail(session, await service.get_escrow(session, escrow_id, principal))
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from emanet.core.schemas import Money, MoneyOut, StrictModel
 from emanet.escrow.models import EscrowStatus, FeePayer, MarketType
+from emanet.payments.schemas import PaymentSummary
 
 
 class EscrowCreate(StrictModel):
@@ -82,6 +83,7 @@ class LedgerLine(BaseModel):
 
 class EscrowDetail(EscrowOut):
     ledger: list[LedgerLine] = Field(description="Entries that moved this escrow's money")
+    payments: list[PaymentSummary] = Field(description="Every payment made (or tried) for this escrow")
 
 
 class StatusChange(StrictModel):
