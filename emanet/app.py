@@ -24,9 +24,15 @@ from emanet.core.settings import Settings, get_settings
 # Each domain exposes ``router``; listed here once so the app and the OpenAPI document see them all.
 DOMAIN_ROUTERS = [
     "emanet.users.router",
+    # before escrow: its /admin/escrows/{escrow_id} would otherwise take /admin/escrows/export
+    "emanet.admin.router",
     "emanet.escrow.router",
     "emanet.ledger.router",
     "emanet.providers.router",
+    "emanet.webhooks.router",
+    "emanet.notifications.router",
+    "emanet.otp.router",
+    "emanet.payments.router",
 ]
 
 

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     # Where the sandbox posts its webhooks (default public_url) and when its fake bank settles payouts
     sandbox_callback_base: str | None = None
     sandbox_payout_settle_seconds: float = 5
+    # Payments (emanet/payments): provider attempts per payment (the first plus retries); GET /payments/{id}
+    # asks the provider when its last check is older than the refresh interval; the status poll picks up
+    # unsettled payments and payouts whose last news is older than the poll interval
+    payment_max_attempts: int = 3
+    payment_status_refresh_seconds: float = 10
+    payment_poll_after_seconds: float = 300
     # RazorpayX account number that payouts are sent from
     razorpay_account_number: str | None = None
     # PayPal webhook certificates are fetched only from URLs starting with one of these
@@ -189,10 +195,10 @@ class Settings(BaseSettings):
     smtp_security: Literal["none", "starttls", "tls"] = "none"
     smtp_timeout_seconds: float = 10
     sms_hourly_cap_per_account: int = 100
-    sms_attempts_per_provider: int = 2
+    sms_attempts_per_provider: int = 2  # tries on a provider (transient errors) before the fallback
     sms_timeout_seconds: float = 5
     sms_status_callbacks: bool = False  # ask Twilio to post delivery receipts to /api/v1/webhooks/sms/twilio
-    reminder_lead_hours: float = 24
+    reminder_lead_hours: float = 24  # remind buyers this long before a payment or inspection deadline
 
     # Background worker (emanet/core/worker.py)
     worker_concurrency: int = 2  # in-process worker under `make run`
@@ -207,19 +213,19 @@ class Settings(BaseSettings):
     webhook_retry_schedule_seconds: list[float] = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])  # ~27 h after the first try
     webhook_timeout_seconds: float = 10
-    webhook_disable_after_failures: int = 15
-    webhook_secret_overlap_hours: float = 24
+    webhook_disable_after_failures: int = 15  # consecutive failed attempts before an endpoint is disabled
+    webhook_secret_overlap_hours: float = 24  # after a rotation, the old secret also signs this long
     webhook_allow_private_targets: bool | None = None  # None: allowed unless env=production
 
     # OTP and CAPTCHA (seed 001)
     otp_ttl_seconds: int = 300
     otp_max_attempts: int = 3
     otp_resend_interval_seconds: int = 60
-    otp_captcha_after_failures: int = 3
+    otp_captcha_after_failures: int = 3  # failed checks on a phone before a CAPTCHA is required
     captcha_provider: Literal["test", "hcaptcha", "recaptcha", "turnstile"] = "test"
     captcha_secret: str | None = None
     captcha_verify_url: str | None = None  # default: the provider's siteverify URL
-    captcha_test_token: str = "captcha-test-pass"
+    captcha_test_token: str = "captcha-test-pass"  # noqa: S105 - the "test" verifier's token; refused in production
 
     # Demo data on start (make run)
     load_demo_data: bool = False
@@ -243,6 +249,13 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit such as '100/minute': {value!r}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _oidc_needs_issuer_and_keys(self) -> Settings:
+        # Half a configuration would silently turn OIDC off (or trust a JWKS for no issuer).
+        if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
+            raise ValueError("set EMANET_OIDC_ISSUER and EMANET_OIDC_JWKS_URL together")
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:

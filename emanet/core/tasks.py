@@ -19,6 +19,11 @@ from emanet.core.settings import Settings
 # Every module that registers handlers; the worker imports them all.
 TASK_MODULES = [
     "emanet.escrow.tasks",
+    "emanet.providers.sandbox",
+    "emanet.webhooks.tasks",
+    "emanet.notifications.tasks",
+    "emanet.otp.tasks",
+    "emanet.payments.tasks",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Operator views and actions (role admin; support may read)."""

@@ -1,0 +1,361 @@
+"""Who is told what: one in-app notification per person per cause, copied by e-mail and SMS in their own jobs.
+
+- every event: the parties named in its object (both buyer and seller on every escrow change; the owner
+  of a webhook endpoint; the user of a payment or payout);
+- a new or escalated dispute: every active admin too;
+- reminders before deadlines (the ``notifications.reminders`` sweep).
+E-mail goes to everyone with an address when SMTP is configured; SMS only for the kinds in ``SMS_KINDS``
+and only to verified phones. Each copy is its own job, so a failing channel or person blocks nobody else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiosmtplib
+import structlog
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from emanet.core import clock
+from emanet.core.db import Database
+from emanet.core.errors import NotFound
+from emanet.core.models import Event
+from emanet.core.outbox import enqueue
+from emanet.core.schemas import decode_cursor, encode_cursor
+from emanet.core.settings import Settings
+from emanet.notifications import sms
+from emanet.notifications.audience import active_admin_ids, parties_of
+from emanet.notifications.email import render_email, send_email
+from emanet.notifications.messages import DEFAULT_LOCALE, LOCALES, render_message
+from emanet.notifications.models import ChannelStatus, Notification, SmsMessage, SmsStatus
+from emanet.users.models import User
+
+log = structlog.get_logger("emanet.notifications")
+
+EMAIL_JOB = "notifications.email"
+SMS_JOB = "notifications.sms"
+EMAIL_MAX_ATTEMPTS = 6
+SMS_MAX_ATTEMPTS = 3
+ADMIN_EVENTS = frozenset({"escrow.disputed", "dispute.opened", "dispute.escalated"})
+SMS_KINDS = frozenset(
+    {
+        "escrow.funded",
+        "escrow.released",
+        "escrow.disputed",
+        "escrow.resolved",
+        "dispute.opened",
+        "dispute.resolved",
+        "payout.paid",
+        "payout.failed",
+        "reminder.auto_release",
+    }
+)
+SMS_MAX_CHARS = 320
+
+
+async def notify(
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    *,
+    kind: str,
+    data: Mapping[str, Any],
+    dedupe_key: str,
+    event_id: int | None = None,
+) -> Notification | None:
+    """Create the in-app notification and queue its e-mail and SMS copies; None if ``dedupe_key`` exists."""
+    exists = (
+        await session.execute(select(Notification.id).where(Notification.dedupe_key == dedupe_key))
+    ).first()
+    if exists:
+        return None
+    locale = user.locale if user.locale in LOCALES else DEFAULT_LOCALE
+    title, body = render_message(kind, data, locale)
+    wants_sms = kind in SMS_KINDS and bool(user.phone) and user.phone_verified_at is not None
+    notification = Notification(
+        user_id=user.id,
+        kind=kind,
+        title=title[:300],
+        body=body,
+        data=dict(data),
+        event_id=event_id,
+        dedupe_key=dedupe_key,
+        locale=locale,
+        email_status=ChannelStatus.pending if user.email and settings.smtp_host else ChannelStatus.skipped,
+        sms_status=ChannelStatus.pending if wants_sms else ChannelStatus.skipped,
+    )
+    session.add(notification)
+    await session.flush()
+    if notification.email_status == ChannelStatus.pending:
+        await enqueue(
+            session, EMAIL_JOB, {"notification_id": notification.id}, max_attempts=EMAIL_MAX_ATTEMPTS
+        )
+    if notification.sms_status == ChannelStatus.pending:
+        await enqueue(session, SMS_JOB, {"notification_id": notification.id}, max_attempts=SMS_MAX_ATTEMPTS)
+    return notification
+
+
+async def notify_for_event(session: AsyncSession, settings: Settings, event: Event) -> list[Notification]:
+    recipients = parties_of(event.data)
+    if event.type in ADMIN_EVENTS:
+        recipients.update(await active_admin_ids(session))
+    if not recipients:
+        return []
+    users = (
+        (await session.execute(select(User).where(User.id.in_(recipients)).order_by(User.id))).scalars().all()
+    )
+    created = []
+    for user in users:
+        notification = await notify(
+            session,
+            settings,
+            user,
+            kind=event.type,
+            data=event.data,
+            dedupe_key=f"{event.public_id}:{user.id}",
+            event_id=event.id,
+        )
+        if notification is not None:
+            created.append(notification)
+    log.info("event_notified", event_id=event.public_id, type=event.type, recipients=len(created))
+    return created
+
+
+# --- the caller's inbox ------------------------------------------------------------------------------------
+
+
+async def list_notifications(
+    session: AsyncSession, user: User, *, limit: int, cursor: str | None, unread_only: bool
+) -> tuple[list[Notification], str | None]:
+    query = select(Notification).where(Notification.user_id == user.id)
+    if unread_only:
+        query = query.where(Notification.read_at.is_(None))
+    if cursor:
+        after = decode_cursor(cursor)
+        moment, last_id = datetime.fromisoformat(str(after.get("t"))), str(after.get("id"))
+        query = query.where(
+            or_(
+                Notification.created_at < moment,
+                and_(Notification.created_at == moment, Notification.id < last_id),
+            )
+        )
+    rows = list(
+        (
+            await session.execute(
+                query.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit + 1)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor({"t": rows[-1].created_at.isoformat(), "id": rows[-1].id})
+    return rows, next_cursor
+
+
+async def mark_read(session: AsyncSession, user: User, notification_id: str) -> Notification:
+    notification = await session.get(Notification, notification_id)
+    if notification is None or notification.user_id != user.id:
+        raise NotFound("No such notification")
+    if notification.read_at is None:
+        notification.read_at = clock.now()
+        await session.flush()
+    return notification
+
+
+# --- channels (run by jobs; no transaction is held while talking to SMTP or an SMS provider) -------------
+
+
+async def deliver_email(
+    database: Database, settings: Settings, notification_id: str, *, attempt: int
+) -> None:
+    async with database.transaction() as session:
+        notification = await session.get(Notification, notification_id)
+        if notification is None or notification.email_status != ChannelStatus.pending:
+            return
+        user = await session.get(User, notification.user_id)
+        if user is None or not user.email or not settings.smtp_host:
+            notification.email_status = ChannelStatus.skipped
+            return
+        address = user.email
+        email = render_email(
+            locale=notification.locale,
+            title=notification.title,
+            body=notification.body,
+            name=user.name,
+            settings=settings,
+        )
+    try:
+        message_id = await send_email(settings, to=address, email=email)
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        if attempt < EMAIL_MAX_ATTEMPTS:
+            raise  # the worker retries with backoff
+        await _set_channel(database, notification_id, email_status=ChannelStatus.failed)
+        log.error("notification_email_failed", notification_id=notification_id, error=str(exc))
+        return
+    await _set_channel(database, notification_id, email_status=ChannelStatus.sent)
+    log.info("notification_emailed", notification_id=notification_id, message_id=message_id)
+
+
+async def deliver_sms(database: Database, settings: Settings, notification_id: str) -> None:
+    async with database.transaction() as session:
+        notification = await session.get(Notification, notification_id)
+        if notification is None or notification.sms_status != ChannelStatus.pending:
+            return
+        user = await session.get(User, notification.user_id)
+        if user is None or not user.phone:
+            notification.sms_status = ChannelStatus.skipped
+            return
+        text = f"{settings.product_name}: {notification.title}. {notification.body}"[:SMS_MAX_CHARS]
+        common: dict[str, Any] = {
+            "account_key": user.id,
+            "to": user.phone,
+            "masked_text": text,
+            "purpose": "notification",
+            "user_id": user.id,
+        }
+        if not await sms.within_hourly_cap(session, settings, user.id):
+            sms.record_sms(session, **common, rejected_reason="hourly SMS cap reached")
+            notification.sms_status = ChannelStatus.skipped
+            log.warning("sms_cap_reached", user_id=user.id, notification_id=notification_id)
+            return
+        message = sms.record_sms(session, **common)
+        message.status = SmsStatus.queued
+        await session.flush()
+        message_id, phone = message.id, user.phone
+    try:
+        receipt = await sms.build_gateway(settings).send(phone, text)
+    except sms.SmsDeliveryFailed as failure:
+        await _settle_sms(database, notification_id, message_id, failure=failure)
+        log.error("notification_sms_failed", notification_id=notification_id, error=str(failure))
+        return
+    await _settle_sms(database, notification_id, message_id, receipt=receipt)
+
+
+async def _settle_sms(
+    database: Database,
+    notification_id: str,
+    message_id: str,
+    *,
+    receipt: sms.SmsReceipt | None = None,
+    failure: sms.SmsDeliveryFailed | None = None,
+) -> None:
+    async with database.transaction() as session:
+        message = await session.get(SmsMessage, message_id)
+        notification = await session.get(Notification, notification_id)
+        if message is not None:
+            sms.apply_outcome(message, receipt=receipt, failure=failure)
+        if notification is not None:
+            notification.sms_status = ChannelStatus.sent if receipt else ChannelStatus.failed
+
+
+_RECEIPT_STATUSES = {
+    "queued": SmsStatus.queued,
+    "accepted": SmsStatus.queued,
+    "sending": SmsStatus.queued,
+    "sent": SmsStatus.sent,
+    "delivered": SmsStatus.delivered,
+    "undelivered": SmsStatus.undelivered,
+    "failed": SmsStatus.failed,
+}
+_FINAL_SMS = (SmsStatus.delivered, SmsStatus.undelivered, SmsStatus.failed)
+
+
+async def record_sms_status(
+    session: AsyncSession, *, provider: str, message_id: str, status: str, error_code: str | None
+) -> bool:
+    """A provider's delivery receipt; a final status is never overwritten by a late intermediate one."""
+    mapped = _RECEIPT_STATUSES.get(status)
+    message = (
+        await session.execute(
+            select(SmsMessage).where(
+                SmsMessage.provider == provider, SmsMessage.provider_message_id == message_id
+            )
+        )
+    ).scalar_one_or_none()
+    if message is None or mapped is None or message.status in _FINAL_SMS:
+        return False
+    message.status = mapped
+    message.updated_at = clock.now()
+    if mapped == SmsStatus.delivered:
+        message.delivered_at = clock.now()
+    if error_code:
+        message.error = f"{provider} error {error_code}"
+    log.info("sms_status", sms_id=message.id, provider=provider, status=mapped)
+    return True
+
+
+async def _set_channel(database: Database, notification_id: str, **values: str) -> None:
+    async with database.transaction() as session:
+        notification = await session.get(Notification, notification_id)
+        if notification is not None:
+            for key, value in values.items():
+                setattr(notification, key, value)
+
+
+# --- reminders ---------------------------------------------------------------------------------------------
+
+
+async def send_reminders(session: AsyncSession, settings: Settings, *, batch: int = 500) -> int:
+    """Remind buyers of the deadlines ahead: unpaid escrows about to expire, inspections about to end in an
+    automatic release. Each (escrow, deadline, person) is reminded once."""
+    from emanet.escrow.models import Escrow, EscrowStatus
+
+    now = clock.now()
+    horizon = now + timedelta(hours=settings.reminder_lead_hours)
+    checks = (
+        (
+            "reminder.payment_due",
+            Escrow.expires_at,
+            (EscrowStatus.pending_payment, EscrowStatus.partially_funded),
+        ),
+        ("reminder.auto_release", Escrow.auto_release_at, (EscrowStatus.funded, EscrowStatus.delivered)),
+    )
+    sent = 0
+    for kind, deadline_column, statuses in checks:
+        escrows = (
+            (
+                await session.execute(
+                    select(Escrow)
+                    .where(Escrow.status.in_(statuses), deadline_column > now, deadline_column <= horizon)
+                    .order_by(deadline_column)
+                    .limit(batch)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for escrow in escrows:
+            deadline: datetime = getattr(escrow, deadline_column.key)
+            buyer = await session.get(User, escrow.buyer_id)
+            if buyer is None:
+                continue
+            data = {
+                "id": escrow.id,
+                "object": "escrow",
+                "number": escrow.number,
+                "title": escrow.title,
+                "amount": (
+                    max(0, escrow.total_due - escrow.funded_amount)
+                    if kind == "reminder.payment_due"
+                    else escrow.amount
+                ),
+                "currency": escrow.currency,
+                "status": escrow.status,
+                "deadline": deadline.isoformat(),
+            }
+            created = await notify(
+                session,
+                settings,
+                buyer,
+                kind=kind,
+                data=data,
+                dedupe_key=f"{kind}:{escrow.id}:{deadline.isoformat()}:{buyer.id}",
+            )
+            sent += created is not None
+    return sent

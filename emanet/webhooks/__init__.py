@@ -1,0 +1,1 @@
+"""Outbound webhooks: platforms subscribe to events; deliveries are signed with Standard Webhooks."""
