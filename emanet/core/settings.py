@@ -227,9 +227,6 @@ class Settings(BaseSettings):
     captcha_verify_url: str | None = None  # default: the provider's siteverify URL
     captcha_test_token: str = "captcha-test-pass"  # noqa: S105 - the "test" verifier's token; refused in production
 
-    # Demo data on start (make run)
-    load_demo_data: bool = False
-
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -271,6 +268,9 @@ class Settings(BaseSettings):
                                  + ", ".join(still_default))
             if len(self.secret_key) < 32:
                 raise ValueError("EMANET_SECRET_KEY must be at least 32 characters in production")
+            if self.captcha_provider == "test":
+                # The test verifier accepts a token anyone can read in this file.
+                raise ValueError("production needs a real EMANET_CAPTCHA_PROVIDER (hcaptcha, recaptcha, turnstile)")
         return self
 
     @property

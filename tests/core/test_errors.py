@@ -119,7 +119,7 @@ async def test_a_given_request_id_is_kept_and_echoed(client: httpx.AsyncClient) 
     assert forged.headers["x-request-id"] != "bad id\nwith newline"
 
 
-PRODUCTION = {"env": "production", "secret_key": "k" * 48,
+PRODUCTION = {"env": "production", "secret_key": "k" * 48, "captcha_provider": "turnstile",
               "sandbox_webhook_secret": "whsec_cHJvZHVjdGlvbi1zYW5kYm94LXNlY3JldC0wMTIzNDU2Nzg5"}
 
 
@@ -163,6 +163,8 @@ def test_production_refuses_default_secrets() -> None:
         Settings(**{**PRODUCTION, "sandbox_webhook_secret": DEFAULT_SANDBOX_WEBHOOK_SECRET})
     with pytest.raises(ValidationError, match="at least 32 characters"):
         Settings(**{**PRODUCTION, "secret_key": "short-but-not-default"})
+    with pytest.raises(ValidationError, match="CAPTCHA"):
+        Settings(**{**PRODUCTION, "captcha_provider": "test"})
     assert Settings(**PRODUCTION).is_production
     assert Settings(env="development").secret_key == DEFAULT_SECRET_KEY  # fine outside production
 
