@@ -66,8 +66,12 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
                 await app.state.database.dispose()
 
     app = FastAPI(
-        title="Emanet API", version="1.0.0", description=description or "", lifespan=lifespan,
-        openapi_url="/openapi.json", docs_url="/docs",
+        title="Emanet API",
+        version="1.0.0",
+        description=description or "",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
         responses=PROBLEM_RESPONSES,
     )
     install_error_handlers(app)
@@ -75,13 +79,28 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for router in _routers():
         app.include_router(router, dependencies=[Depends(enforce_rate_limit)])
 
-    app.add_middleware(IdempotencyMiddleware, database_getter=lambda: app.state.database,
-                       ttl_hours=settings.idempotency_ttl_hours)
+    app.add_middleware(
+        IdempotencyMiddleware,
+        database_getter=lambda: app.state.database,
+        ttl_hours=settings.idempotency_ttl_hours,
+    )
     app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
-                       allow_methods=["*"], allow_headers=["*"],
-                       expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After", "RateLimit",
-                                       "RateLimit-Policy", "RateLimit-Limit", "RateLimit-Remaining",
-                                       "RateLimit-Reset"])
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=[
+            "X-Request-ID",
+            "Idempotent-Replayed",
+            "Retry-After",
+            "RateLimit",
+            "RateLimit-Policy",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+        ],
+    )
     app.add_middleware(RequestContextMiddleware)
     return app

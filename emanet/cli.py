@@ -64,8 +64,16 @@ def serve(
     """Serve the HTTP API."""
     import uvicorn
 
-    uvicorn.run("emanet.main:app", host=host, port=port, workers=workers, log_config=None,
-                access_log=False, loop="uvloop" if sys.platform != "win32" else "auto", proxy_headers=True)
+    uvicorn.run(
+        "emanet.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        loop="uvloop" if sys.platform != "win32" else "auto",
+        proxy_headers=True,
+    )
 
 
 @app.command()
@@ -112,9 +120,12 @@ def ledger_verify() -> None:
 
     report = _in_transaction(verify_ledger)
     console.print(f"checked {report.accounts_checked} accounts and {report.entries_checked} entries")
-    problems = {"balance mismatches": report.balance_mismatches, "unbalanced entries": report.unbalanced_entries,
-                "currencies not summing to zero": report.currency_totals_not_zero,
-                "negative accounts": report.negative_accounts}
+    problems = {
+        "balance mismatches": report.balance_mismatches,
+        "unbalanced entries": report.unbalanced_entries,
+        "currencies not summing to zero": report.currency_totals_not_zero,
+        "negative accounts": report.negative_accounts,
+    }
     for title, rows in problems.items():
         if rows:
             table = Table(*rows[0].keys(), title=title)
@@ -158,9 +169,11 @@ def reconcile(
     except EmanetError as exc:
         console.print(f"[red]error:[/red] {exc.detail}")
         raise typer.Exit(1) from exc
-    console.print(f"{provider} {wanted}: {report.provider_records} provider records, {report.our_records} "
-                  f"ours, {report.matched} matched, {report.missing} missing, {report.extra} extra, "
-                  f"{report.mismatched} mismatched (report {report.id})")
+    console.print(
+        f"{provider} {wanted}: {report.provider_records} provider records, {report.our_records} "
+        f"ours, {report.matched} matched, {report.missing} missing, {report.extra} extra, "
+        f"{report.mismatched} mismatched (report {report.id})"
+    )
     if report.items:
         columns = ["issue", "kind", "reference", "currency", "provider_amount", "our_amount", "our_id"]
         table = Table(*columns, title="differences")
@@ -181,8 +194,10 @@ def demo() -> None:
     for user in users:
         table.add_row(user.id, user.role, user.email or "")
     console.print(table)
-    console.print("Tokens: [bold]export BUYER=$(.venv/bin/emanet token buyer@demo.emanet.dev)[/bold] "
-                  "(likewise seller@, admin@, support@demo.emanet.dev)")
+    console.print(
+        "Tokens: [bold]export BUYER=$(.venv/bin/emanet token buyer@demo.emanet.dev)[/bold] "
+        "(likewise seller@, admin@, support@demo.emanet.dev)"
+    )
 
 
 if __name__ == "__main__":

@@ -92,8 +92,12 @@ async def redis_url() -> AsyncIterator[str]:
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "env": "test", "database_url": database_url, "rate_limit_default": "10000/minute",
-        "rate_limit_anonymous": "10000/minute", "log_json": True, "database_pool_size": 5,
+        "env": "test",
+        "database_url": database_url,
+        "rate_limit_default": "10000/minute",
+        "rate_limit_anonymous": "10000/minute",
+        "log_json": True,
+        "database_pool_size": 5,
         "run_worker_in_process": False,
     }
     values.update(overrides)
@@ -135,28 +139,60 @@ async def truncate_all(engine: Any) -> None:
     """
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            tables = (await conn.execute(text(
-                "SELECT tablename FROM pg_tables "
-                "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-            ))).scalars().all()
-            filled = (await conn.execute(text(" UNION ALL ".join(
-                f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM \"{table}\")" for table in tables
-            )))).scalars().all()
+            tables = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT tablename FROM pg_tables "
+                            "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            filled = (
+                (
+                    await conn.execute(
+                        text(
+                            " UNION ALL ".join(
+                                f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM \"{table}\")"
+                                for table in tables
+                            )
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
             if not filled:
                 return
             await conn.execute(text("SET LOCAL session_replication_role = replica"))
             for table in filled:
                 await conn.execute(text(f'DELETE FROM "{table}"'))
-            sequences = (await conn.execute(text(
-                "SELECT DISTINCT seq.oid::regclass::text FROM pg_class seq "
-                "JOIN pg_depend dep ON dep.objid = seq.oid JOIN pg_class tab ON tab.oid = dep.refobjid "
-                "WHERE seq.relkind = 'S' AND tab.relname = ANY(:tables)"
-            ), {"tables": list(filled)})).scalars().all()
+            sequences = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT DISTINCT seq.oid::regclass::text FROM pg_class seq "
+                            "JOIN pg_depend dep ON dep.objid = seq.oid "
+                            "JOIN pg_class tab ON tab.oid = dep.refobjid "
+                            "WHERE seq.relkind = 'S' AND tab.relname = ANY(:tables)"
+                        ),
+                        {"tables": list(filled)},
+                    )
+                )
+                .scalars()
+                .all()
+            )
             for sequence in sequences:
                 await conn.execute(text(f"ALTER SEQUENCE {sequence} RESTART"))
         else:
-            existing = set((await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")
-                                               )).scalars().all())
+            existing = set(
+                (await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")))
+                .scalars()
+                .all()
+            )
             for table in reversed(metadata.sorted_tables):
                 if table.name in existing:
                     await conn.execute(text(f"DELETE FROM {table.name}"))

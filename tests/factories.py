@@ -21,8 +21,11 @@ class Factory:
         n = next(_counter)
         async with self.database.transaction() as session:
             user = await create_user(
-                session, email=fields.pop("email", f"user{n}@example.com"),
-                phone=fields.pop("phone", f"+90555{n:07d}"), name=fields.pop("name", f"User {n}"), role=role,
+                session,
+                email=fields.pop("email", f"user{n}@example.com"),
+                phone=fields.pop("phone", f"+90555{n:07d}"),
+                name=fields.pop("name", f"User {n}"),
+                role=role,
             )
             user.verification_level = VerificationLevel.identity if verified else VerificationLevel.none
             for key, value in fields.items():
@@ -30,8 +33,15 @@ class Factory:
         return user
 
 
-async def create_escrow(database: Database, buyer: User, seller: User, *, amount: int = 100_000,
-                        currency: str = "TRY", **fields: Any) -> Escrow:
+async def create_escrow(
+    database: Database,
+    buyer: User,
+    seller: User,
+    *,
+    amount: int = 100_000,
+    currency: str = "TRY",
+    **fields: Any,
+) -> Escrow:
     """An escrow created by the buyer through the service (the HTTP route is tested on its own)."""
     from emanet.core.auth import Principal
     from emanet.escrow.service import Actor, NewEscrow
@@ -39,18 +49,41 @@ async def create_escrow(database: Database, buyer: User, seller: User, *, amount
 
     async with database.transaction() as session:
         principal = Principal(user=buyer, method="jwt")
-        return await create(session, NewEscrow(buyer_id=buyer.id, seller_id=seller.id, amount=amount,
-                                               currency=currency, title=fields.pop("title", "Test escrow"),
-                                               **fields), Actor.from_principal(principal), principal)
+        return await create(
+            session,
+            NewEscrow(
+                buyer_id=buyer.id,
+                seller_id=seller.id,
+                amount=amount,
+                currency=currency,
+                title=fields.pop("title", "Test escrow"),
+                **fields,
+            ),
+            Actor.from_principal(principal),
+            principal,
+        )
 
 
-async def capture(database: Database, escrow_id: str, amount: int, currency: str = "TRY", *,
-                  provider: str = "sandbox", payment_id: str | None = None) -> Escrow:
+async def capture(
+    database: Database,
+    escrow_id: str,
+    amount: int,
+    currency: str = "TRY",
+    *,
+    provider: str = "sandbox",
+    payment_id: str | None = None,
+) -> Escrow:
     """What a succeeded provider payment does to its escrow."""
     from emanet.core.db import new_id
     from emanet.escrow.service import Actor, record_payment_captured
 
     async with database.transaction() as session:
-        return await record_payment_captured(session, escrow_id=escrow_id, payment_id=payment_id or new_id("pay"),
-                                             provider=provider, amount=amount, currency=currency,
-                                             actor=Actor.provider(provider))
+        return await record_payment_captured(
+            session,
+            escrow_id=escrow_id,
+            payment_id=payment_id or new_id("pay"),
+            provider=provider,
+            amount=amount,
+            currency=currency,
+            actor=Actor.provider(provider),
+        )

@@ -53,35 +53,59 @@ def _stats_cache(request: Request) -> StatsCache:
 
 @router.get("/dashboard/stats", response_model=DashboardStats)
 async def get_dashboard_stats(
-    _: StaffPrincipal, session: DbSession, request: Request,
+    _: StaffPrincipal,
+    session: DbSession,
+    request: Request,
     fresh: Annotated[bool, Query(description="Recompute now instead of the 5-minute cache")] = False,
 ) -> DashboardStats:
     return await dashboard_stats(session, _stats_cache(request), fresh=fresh)
 
 
-@router.get("/escrows/export", response_class=StreamingResponse,
-            responses={200: {"description": "CSV or XLSX, one row per escrow, amounts in minor units",
-                             "content": {"text/csv": {}, EXPORTERS["xlsx"][0]: {}}}})
+@router.get(
+    "/escrows/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "CSV or XLSX, one row per escrow, amounts in minor units",
+            "content": {"text/csv": {}, EXPORTERS["xlsx"][0]: {}},
+        }
+    },
+)
 async def export_escrows(
-    _: StaffPrincipal, request: Request,
+    _: StaffPrincipal,
+    request: Request,
     format_: Annotated[Literal["csv", "xlsx"], Query(alias="format")] = "csv",
     status_: Annotated[str | None, Query(alias="status", description="comma-separated statuses")] = None,
-    market_type: MarketType | None = None, created_from: datetime | None = None,
-    created_to: datetime | None = None, amount_min: Annotated[int | None, Query(ge=0)] = None,
+    market_type: MarketType | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    amount_min: Annotated[int | None, Query(ge=0)] = None,
     amount_max: Annotated[int | None, Query(ge=0)] = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
-    user: str | None = None, currency: Annotated[str | None, Query(min_length=3, max_length=3)] = None,
+    user: str | None = None,
+    currency: Annotated[str | None, Query(min_length=3, max_length=3)] = None,
 ) -> StreamingResponse:
     """Every escrow matching the filters of ``GET /api/v1/admin/escrows``, oldest first, streamed."""
     statuses = [s.strip() for s in (status_ or "").split(",") if s.strip()]
     unknown = [s for s in statuses if s not in set(EscrowStatus)]
     if unknown:
         raise Unprocessable(f"Unknown status {', '.join(unknown)}", code="invalid_filter")
-    filters = EscrowFilters(status=statuses, market_type=market_type, created_from=created_from,
-                            created_to=created_to, amount_min=amount_min, amount_max=amount_max, q=q,
-                            user_id=user, currency=currency)
+    filters = EscrowFilters(
+        status=statuses,
+        market_type=market_type,
+        created_from=created_from,
+        created_to=created_to,
+        amount_min=amount_min,
+        amount_max=amount_max,
+        q=q,
+        user_id=user,
+        currency=currency,
+    )
     media_type, render = EXPORTERS[format_]
     filename = f"escrows-{clock.now().strftime('%Y%m%dT%H%M%SZ')}.{format_}"
     rows = escrow_batches(request.app.state.database, filters)
-    return StreamingResponse(render(rows), media_type=media_type,
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return StreamingResponse(
+        render(rows),
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -24,10 +24,20 @@ from emanet.core.settings import Settings, get_settings
 from emanet.users.models import ApiKey, Role, User
 
 API_KEY_PREFIX = "emk_"
-ALL_SCOPES = frozenset({
-    "escrows:read", "escrows:write", "payments:read", "payments:write", "payouts:write",
-    "webhooks:read", "webhooks:write", "documents:read", "documents:write", "admin",
-})
+ALL_SCOPES = frozenset(
+    {
+        "escrows:read",
+        "escrows:write",
+        "payments:read",
+        "payments:write",
+        "payouts:write",
+        "webhooks:read",
+        "webhooks:write",
+        "documents:read",
+        "documents:write",
+        "admin",
+    }
+)
 STAFF_SCOPE = "admin"  # what an API key needs to act on admin/support routes
 
 
@@ -58,8 +68,12 @@ def issue_access_token(user: User, settings: Settings | None = None, *, minutes:
     settings = settings or get_settings()
     issued = clock.now()
     claims = {
-        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": user.id, "role": user.role,
-        "iat": issued, "nbf": issued,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": user.id,
+        "role": user.role,
+        "iat": issued,
+        "nbf": issued,
         "exp": issued + timedelta(minutes=minutes or settings.access_token_minutes),
         "jti": secrets.token_hex(8),
     }
@@ -83,8 +97,9 @@ class JwksKeySet:
     count against the cooldown, which still stops tokens with made-up kids from hammering the provider.
     """
 
-    def __init__(self, url: str, *, lifespan: float = 300, refresh_cooldown: float = 10,
-                 timeout: float = 5) -> None:
+    def __init__(
+        self, url: str, *, lifespan: float = 300, refresh_cooldown: float = 10, timeout: float = 5
+    ) -> None:
         self._client = jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=lifespan, timeout=timeout)
         self._refresh_cooldown = refresh_cooldown
         self._last_forced_refresh: float | None = None
@@ -95,8 +110,9 @@ class JwksKeySet:
             key = self._client.match_kid(self._client.get_signing_keys(), kid or "")
             # Monotonic process time, not the business clock: this only paces HTTP calls.
             now = time.monotonic()
-            may_refresh = (self._last_forced_refresh is None
-                           or now - self._last_forced_refresh >= self._refresh_cooldown)
+            may_refresh = (
+                self._last_forced_refresh is None or now - self._last_forced_refresh >= self._refresh_cooldown
+            )
             if key is None and may_refresh:
                 self._last_forced_refresh = now
                 key = self._client.match_kid(self._client.get_signing_keys(refresh=True), kid or "")
@@ -137,13 +153,23 @@ class VerifiedToken:
         return f"{self.method}:{self.claims['iss']}:{self.claims['sub']}"
 
 
-def _decode(token: str, key: Any, *, algorithms: list[str], audience: str | None, issuer: str,
-            leeway: int) -> dict[str, Any]:
+def _decode(
+    token: str, key: Any, *, algorithms: list[str], audience: str | None, issuer: str, leeway: int
+) -> dict[str, Any]:
     # PyJWT reads the wall clock; we check exp/nbf against our clock so tests can move time.
     claims: dict[str, Any] = jwt.decode(
-        token, key, algorithms=algorithms, audience=audience, issuer=issuer,
-        options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
-                 "verify_aud": audience is not None, "require": ["exp", "sub", "iss"]},
+        token,
+        key,
+        algorithms=algorithms,
+        audience=audience,
+        issuer=issuer,
+        options={
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+            "verify_aud": audience is not None,
+            "require": ["exp", "sub", "iss"],
+        },
     )
     for name in ("exp", "nbf"):
         if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
@@ -165,28 +191,43 @@ async def verify_token(token: str, settings: Settings) -> VerifiedToken:
     issuer = unverified.get("iss")
     try:
         if issuer == settings.jwt_issuer:
-            claims = _decode(token, settings.secret_key, algorithms=["HS256"], audience=settings.jwt_audience,
-                             issuer=settings.jwt_issuer, leeway=0)
+            claims = _decode(
+                token,
+                settings.secret_key,
+                algorithms=["HS256"],
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+                leeway=0,
+            )
             return VerifiedToken(token, "jwt", claims)
         if settings.oidc_jwks_url and settings.oidc_issuer and issuer == settings.oidc_issuer:
             key_set = jwks_registry.for_url(settings.oidc_jwks_url)
             kid = jwt.get_unverified_header(token).get("kid")
             signing_key = await anyio.to_thread.run_sync(key_set.signing_key, kid)
-            claims = _decode(token, signing_key, algorithms=OIDC_ALGORITHMS, audience=settings.oidc_audience,
-                             issuer=settings.oidc_issuer, leeway=settings.oidc_leeway_seconds)
+            claims = _decode(
+                token,
+                signing_key,
+                algorithms=OIDC_ALGORITHMS,
+                audience=settings.oidc_audience,
+                issuer=settings.oidc_issuer,
+                leeway=settings.oidc_leeway_seconds,
+            )
             return VerifiedToken(token, "oidc", claims)
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("Token expired", code="token_expired") from exc
     except jwt.PyJWKClientConnectionError as exc:
-        raise ServiceUnavailable("The identity provider's keys cannot be fetched; retry shortly",
-                                 code="identity_provider_unavailable") from exc
+        raise ServiceUnavailable(
+            "The identity provider's keys cannot be fetched; retry shortly",
+            code="identity_provider_unavailable",
+        ) from exc
     except (jwt.PyJWTError, jwt.PyJWKClientError) as exc:
         raise Unauthorized("Invalid bearer token") from exc
     raise Unauthorized("Token issuer is not trusted")
 
 
-async def _principal_from_jwt(session: AsyncSession, verified: VerifiedToken,
-                              settings: Settings) -> Principal:
+async def _principal_from_jwt(
+    session: AsyncSession, verified: VerifiedToken, settings: Settings
+) -> Principal:
     if verified.method == "jwt":
         user = await session.get(User, str(verified.claims["sub"]))
     else:
@@ -206,9 +247,13 @@ async def _user_for_oidc_claims(session: AsyncSession, claims: dict[str, Any], s
     email = claims.get("email") if claims.get("email_verified", True) else None
     if email and (await session.execute(select(User.id).where(User.email == str(email).lower()))).first():
         email = None  # never take over a local account by e-mail claim alone
-    user = User(email=str(email).lower() if email else None,
-                name=str(claims.get("name") or claims.get("preferred_username") or "")[:200],
-                role=settings.oidc_default_role, oidc_issuer=issuer, oidc_subject=subject)
+    user = User(
+        email=str(email).lower() if email else None,
+        name=str(claims.get("name") or claims.get("preferred_username") or "")[:200],
+        role=settings.oidc_default_role,
+        oidc_issuer=issuer,
+        oidc_subject=subject,
+    )
     try:
         async with session.begin_nested():  # a concurrent first request may create the same identity
             session.add(user)
@@ -218,8 +263,9 @@ async def _user_for_oidc_claims(session: AsyncSession, claims: dict[str, Any], s
 
 
 async def _principal_from_api_key(session: AsyncSession, raw: str) -> Principal:
-    key = (await session.execute(
-        select(ApiKey).where(ApiKey.secret_hash == hash_api_key(raw)))).scalar_one_or_none()
+    key = (
+        await session.execute(select(ApiKey).where(ApiKey.secret_hash == hash_api_key(raw)))
+    ).scalar_one_or_none()
     if key is None or key.revoked_at is not None:
         raise Unauthorized("Invalid or revoked API key")
     user = await session.get(User, key.user_id)

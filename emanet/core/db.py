@@ -71,8 +71,11 @@ def _json_serializer(value: Any) -> str:
 
 def make_engine(settings: Settings | None = None, **overrides: Any) -> AsyncEngine:
     settings = settings or get_settings()
-    kwargs: dict[str, Any] = {"echo": settings.database_echo, "json_serializer": _json_serializer,
-                              "json_deserializer": orjson.loads}
+    kwargs: dict[str, Any] = {
+        "echo": settings.database_echo,
+        "json_serializer": _json_serializer,
+        "json_deserializer": orjson.loads,
+    }
     if settings.is_sqlite:
         kwargs["connect_args"] = {"timeout": 30}
         database_file = make_url(settings.database_url).database
@@ -83,8 +86,11 @@ def make_engine(settings: Settings | None = None, **overrides: Any) -> AsyncEngi
     else:
         # No pre-ping: it costs a round trip on every checkout; a dropped connection is invalidated on its
         # first error instead, and recycling bounds a connection's age.
-        kwargs.update(pool_size=settings.database_pool_size, max_overflow=settings.database_max_overflow,
-                      pool_recycle=1800)
+        kwargs.update(
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_recycle=1800,
+        )
     kwargs.update(overrides)
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:

@@ -43,8 +43,15 @@ class EmanetError(Exception):
     code: str = "bad_request"
     title: str | None = None
 
-    def __init__(self, detail: str, *, code: str | None = None, status: int | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         if code:
@@ -93,8 +100,16 @@ class ProviderError(EmanetError):
     status, code = 502, "provider_error"
 
 
-def problem_response(request: Request, status: int, code: str, detail: str, *, title: str | None = None,
-                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def problem_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + code,
         "title": title or HTTPStatus(status).phrase,
@@ -108,10 +123,20 @@ def problem_response(request: Request, status: int, code: str, detail: str, *, t
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
-                 415: "unsupported_media_type", 422: "unprocessable", 429: "rate_limited",
-                 503: "service_unavailable"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -127,8 +152,9 @@ def internal_error_response(request: Request, exc: BaseException, *, debug: bool
     extra: dict[str, Any] = {}
     if debug:
         extra["exception"] = f"{type(exc).__name__}: {exc}"
-    return problem_response(request, 500, "internal_error",
-                            "An internal error occurred; quote the trace_id to support", **extra)
+    return problem_response(
+        request, 500, "internal_error", "An internal error occurred; quote the trace_id to support", **extra
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -140,15 +166,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EmanetError)
     async def _emanet_error(request: Request, exc: EmanetError) -> JSONResponse:
-        return problem_response(request, exc.status, exc.code, exc.detail, title=exc.title,
-                                headers=exc.headers, **exc.extra)
+        return problem_response(
+            request, exc.status, exc.code, exc.detail, title=exc.title, headers=exc.headers, **exc.extra
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(exc)
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
-            return problem_response(request, 400, "malformed_json", "The request body is not valid JSON",
-                                    errors=errors)
+            return problem_response(
+                request, 400, "malformed_json", "The request body is not valid JSON", errors=errors
+            )
         return problem_response(request, 422, "validation_error", "The request is not valid", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -48,8 +48,12 @@ async def _timed(name: str, probe: Any, required: bool = True) -> tuple[str, Che
         status = "ok"
     except Exception as exc:  # the exception type only: messages may carry hosts and credentials
         detail, status = type(exc).__name__, "down"
-    return name, Check(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2),
-                       detail=detail, required=required)
+    return name, Check(
+        status=status,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        detail=detail,
+        required=required,
+    )
 
 
 @router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
@@ -81,8 +85,10 @@ async def ready(request: Request) -> JSONResponse:
         return "local-disk"
 
     probes = [_timed("database", db_probe), _timed("cache", redis_probe), _timed("storage", storage_probe)]
-    probes += [_timed(f"provider:{name}", provider_probe, required=False)
-               for name, provider_probe in getattr(request.app.state, "provider_probes", {}).items()]
+    probes += [
+        _timed(f"provider:{name}", provider_probe, required=False)
+        for name, provider_probe in getattr(request.app.state, "provider_probes", {}).items()
+    ]
     checks = dict(await asyncio.gather(*probes))
     healthy = all(c.status == "ok" for c in checks.values() if c.required)
     body = Readiness(status="ok" if healthy else "unavailable", checks=checks)

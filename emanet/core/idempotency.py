@@ -81,8 +81,12 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         if not (1 <= len(key) <= MAX_KEY_LENGTH):
-            invalid = problem_response(request, 400, "invalid_idempotency_key",
-                                       f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
+            invalid = problem_response(
+                request,
+                400,
+                "invalid_idempotency_key",
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+            )
             await invalid(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -92,8 +96,9 @@ class IdempotencyMiddleware:
             await problem_response(request, exc.status, exc.code, exc.detail)(scope, receive, send)
             return
         caller = hashlib.sha256(identity.encode()).hexdigest()
-        fingerprint = _fingerprint(scope["method"], scope["path"], scope.get("query_string", b"").decode(),
-                                   caller, body)
+        fingerprint = _fingerprint(
+            scope["method"], scope["path"], scope.get("query_string", b"").decode(), caller, body
+        )
         database: Database = self._database_getter()
         existing = await self._claim(database, caller, key, fingerprint)
         if existing is not None:
@@ -128,15 +133,21 @@ class IdempotencyMiddleware:
         await send({**start, "status": status})
         await send({"type": "http.response.body", "body": response_body})
 
-    async def _claim(self, database: Database, caller: str, key: str,
-                     fingerprint: str) -> IdempotencyKey | None:
+    async def _claim(
+        self, database: Database, caller: str, key: str, fingerprint: str
+    ) -> IdempotencyKey | None:
         """Insert an in-flight row; return the existing row when another request holds the key."""
         now = clock.now()
         for _ in range(2):
             try:
                 async with database.transaction() as session:
-                    row = (await session.execute(select(IdempotencyKey).where(
-                        IdempotencyKey.caller == caller, IdempotencyKey.key == key))).scalar_one_or_none()
+                    row = (
+                        await session.execute(
+                            select(IdempotencyKey).where(
+                                IdempotencyKey.caller == caller, IdempotencyKey.key == key
+                            )
+                        )
+                    ).scalar_one_or_none()
                     if row is not None:
                         expired = row.expires_at <= now
                         stale = row.state == "in_flight" and row.created_at <= now - STALE_AFTER
@@ -144,42 +155,86 @@ class IdempotencyMiddleware:
                             return row
                         await session.delete(row)
                         await session.flush()
-                    session.add(IdempotencyKey(caller=caller, key=key, fingerprint=fingerprint,
-                                               state="in_flight", created_at=now, expires_at=now + self.ttl))
+                    session.add(
+                        IdempotencyKey(
+                            caller=caller,
+                            key=key,
+                            fingerprint=fingerprint,
+                            state="in_flight",
+                            created_at=now,
+                            expires_at=now + self.ttl,
+                        )
+                    )
                 return None
             except IntegrityError:
                 continue  # a concurrent request inserted first: read it on the next pass
         async with database.transaction() as session:
-            return (await session.execute(select(IdempotencyKey).where(
-                IdempotencyKey.caller == caller, IdempotencyKey.key == key))).scalar_one()
+            return (
+                await session.execute(
+                    select(IdempotencyKey).where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
+                )
+            ).scalar_one()
 
-    async def _complete(self, database: Database, caller: str, key: str, status: int,
-                        raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw_headers
-                   if name.decode("latin-1").lower() in _REPLAYED_HEADERS}
+    async def _complete(
+        self,
+        database: Database,
+        caller: str,
+        key: str,
+        status: int,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in raw_headers
+            if name.decode("latin-1").lower() in _REPLAYED_HEADERS
+        }
         async with database.transaction() as session:
             await session.execute(
                 update(IdempotencyKey)
                 .where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
-                .values(state="completed", response_status=status, response_headers=headers,
-                        response_body=body.decode("utf-8", "replace"))
+                .values(
+                    state="completed",
+                    response_status=status,
+                    response_headers=headers,
+                    response_body=body.decode("utf-8", "replace"),
+                )
             )
 
     async def _release(self, database: Database, caller: str, key: str) -> None:
         async with database.transaction() as session:
-            await session.execute(delete(IdempotencyKey).where(
-                IdempotencyKey.caller == caller, IdempotencyKey.key == key,
-                IdempotencyKey.state == "in_flight"))
+            await session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.caller == caller,
+                    IdempotencyKey.key == key,
+                    IdempotencyKey.state == "in_flight",
+                )
+            )
 
-    async def _answer_existing(self, request: Request, row: IdempotencyKey, fingerprint: str,
-                               scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer_existing(
+        self,
+        request: Request,
+        row: IdempotencyKey,
+        fingerprint: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         if row.fingerprint != fingerprint:
-            response = problem_response(request, 422, "idempotency_key_reused",
-                                        "This Idempotency-Key was used with a different request")
+            response = problem_response(
+                request,
+                422,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request",
+            )
         elif row.state == "in_flight":
-            response = problem_response(request, 409, "idempotency_request_in_flight",
-                                        "A request with this Idempotency-Key is still being processed",
-                                        headers={"Retry-After": "1"})
+            response = problem_response(
+                request,
+                409,
+                "idempotency_request_in_flight",
+                "A request with this Idempotency-Key is still being processed",
+                headers={"Retry-After": "1"},
+            )
         else:
             await _replay(row, send)
             return

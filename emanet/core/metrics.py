@@ -7,11 +7,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 registry = CollectorRegistry()
-REQUESTS = Counter("emanet_http_requests_total", "HTTP requests", ["method", "route", "status"],
-                   registry=registry)
-DURATION = Histogram("emanet_http_request_duration_seconds", "HTTP request duration", ["method", "route"],
-                     registry=registry,
-                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+REQUESTS = Counter(
+    "emanet_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry
+)
+DURATION = Histogram(
+    "emanet_http_request_duration_seconds",
+    "HTTP request duration",
+    ["method", "route"],
+    registry=registry,
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 DB_POOL = Gauge("emanet_db_pool_connections", "Database pool connections", ["state"], registry=registry)
 JOBS = Counter("emanet_jobs_total", "Background jobs finished", ["kind", "outcome"], registry=registry)
 

@@ -54,8 +54,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            log.exception("unhandled_error", method=scope["method"], path=scope["path"],
-                          error_type=type(exc).__name__)
+            log.exception(
+                "unhandled_error", method=scope["method"], path=scope["path"], error_type=type(exc).__name__
+            )
             if response["started"]:
                 raise  # too late for a problem document; the server closes the connection
             settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
@@ -68,8 +69,13 @@ class RequestContextMiddleware:
             metrics.observe_request(scope["method"], route_path, response["status"], duration)
             log.info(
                 "request",
-                method=scope["method"], path=scope["path"], route=route_path, status=response["status"],
-                duration_ms=round(duration * 1000, 2), user_id=state.get("user_id"), ip=client_ip(scope),
+                method=scope["method"],
+                path=scope["path"],
+                route=route_path,
+                status=response["status"],
+                duration_ms=round(duration * 1000, 2),
+                user_id=state.get("user_id"),
+                ip=client_ip(scope),
                 user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:200],
             )
 
@@ -107,15 +113,21 @@ class BodyGuardMiddleware:
         limit = DOCUMENT_UPLOAD_LIMIT if path.startswith("/api/v1/documents") else self.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            await problem_response(request, 413, "payload_too_large",
-                                   BodyTooLarge(limit).detail)(scope, receive, send)
+            await problem_response(request, 413, "payload_too_large", BodyTooLarge(limit).detail)(
+                scope, receive, send
+            )
             return
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         has_body = (declared not in (None, "0")) or "transfer-encoding" in request.headers
-        if (has_body and not path.startswith(_NON_JSON_PREFIXES)
-                and content_type != "application/json" and not content_type.endswith("+json")):
-            await problem_response(request, 415, "unsupported_media_type",
-                                   "Send JSON with 'Content-Type: application/json'")(scope, receive, send)
+        if (
+            has_body
+            and not path.startswith(_NON_JSON_PREFIXES)
+            and content_type != "application/json"
+            and not content_type.endswith("+json")
+        ):
+            await problem_response(
+                request, 415, "unsupported_media_type", "Send JSON with 'Content-Type: application/json'"
+            )(scope, receive, send)
             return
         received = 0
 

@@ -43,7 +43,7 @@ def round_half_up(value: Fraction) -> int:
 
 
 def percentage_of(amount: int, basis_points: int) -> int:
-    """``amount × bps / 10 000``, rounded half-up."""
+    """``amount * bps / 10 000``, rounded half-up."""
     return round_half_up(Fraction(amount * basis_points, 10_000))
 
 

@@ -1,4 +1,4 @@
-"""The transactional outbox: jobs and events are rows in the caller's transaction, so a crash loses nothing."""
+"""The transactional outbox: jobs and events are rows of the caller's transaction; a crash loses none."""
 
 from __future__ import annotations
 
@@ -13,11 +13,23 @@ from emanet.core.models import Event, Job
 DISPATCH_EVENT_JOB = "events.dispatch"
 
 
-async def enqueue(session: AsyncSession, kind: str, payload: dict[str, Any] | None = None, *,
-                  run_at: datetime | None = None, dedupe_key: str | None = None, max_attempts: int = 10) -> Job:
+async def enqueue(
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    run_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    max_attempts: int = 10,
+) -> Job:
     """Add a job to the caller's transaction; it becomes visible to workers when that commits."""
-    job = Job(kind=kind, payload=payload or {}, run_at=run_at or clock.now(), dedupe_key=dedupe_key,
-              max_attempts=max_attempts)
+    job = Job(
+        kind=kind,
+        payload=payload or {},
+        run_at=run_at or clock.now(),
+        dedupe_key=dedupe_key,
+        max_attempts=max_attempts,
+    )
     session.add(job)
     await session.flush()
     return job

@@ -41,10 +41,16 @@ class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage: Storage = (
-            RedisStorage(settings.redis_url, implementation="redispy", wrap_exceptions=True,
-                         key_prefix=f"{settings.redis_key_prefix}-rl", socket_timeout=2,
-                         socket_connect_timeout=2)
-            if settings.redis_url else MemoryStorage()
+            RedisStorage(
+                settings.redis_url,
+                implementation="redispy",
+                wrap_exceptions=True,
+                key_prefix=f"{settings.redis_key_prefix}-rl",
+                socket_timeout=2,
+                socket_connect_timeout=2,
+            )
+            if settings.redis_url
+            else MemoryStorage()
         )
         self.limiter = FixedWindowRateLimiter(self.storage)
 
@@ -74,11 +80,15 @@ def _headers(item: RateLimitItem, remaining: int, reset_in: int, tier: str) -> d
     }
 
 
-async def enforce_rate_limit(request: Request, response: Response,
-                             principal: Annotated[Principal | None, Depends(optional_principal)]) -> None:
+async def enforce_rate_limit(
+    request: Request, response: Response, principal: Annotated[Principal | None, Depends(optional_principal)]
+) -> None:
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
-    if (limiter is None or not limiter.settings.rate_limit_enabled
-            or request.url.path.startswith(EXEMPT_PREFIXES)):
+    if (
+        limiter is None
+        or not limiter.settings.rate_limit_enabled
+        or request.url.path.startswith(EXEMPT_PREFIXES)
+    ):
         return
     identity = f"user:{principal.id}" if principal else f"ip:{client_ip(request)}"
     base_tier = "rate_limit_default" if principal else "rate_limit_anonymous"
@@ -97,8 +107,10 @@ async def enforce_rate_limit(request: Request, response: Response,
             return
         headers = _headers(item, remaining, reset_in, tier.removeprefix("rate_limit_"))
         if not allowed:
-            raise RateLimited(f"Too many requests; retry in {max(reset_in, 1)} seconds",
-                              headers={**headers, "Retry-After": str(max(reset_in, 1))})
+            raise RateLimited(
+                f"Too many requests; retry in {max(reset_in, 1)} seconds",
+                headers={**headers, "Retry-After": str(max(reset_in, 1))},
+            )
         if tightest is None or remaining < int(tightest["RateLimit-Remaining"]):
             tightest = headers
     if tightest:

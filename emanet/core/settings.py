@@ -81,44 +81,69 @@ class Settings(BaseSettings):
     dispute_escalation_hours: float = 48
     payment_expiry_hours: float = 72
     verification_required_above: dict[str, int] = Field(
-        default_factory=lambda: {"TRY": 5_000_000, "USD": 500_000, "EUR": 500_000, "SAR": 2_000_000,
-                                 "INR": 50_000_000, "NGN": 500_000_000}
+        default_factory=lambda: {
+            "TRY": 5_000_000,
+            "USD": 500_000,
+            "EUR": 500_000,
+            "SAR": 2_000_000,
+            "INR": 50_000_000,
+            "NGN": 500_000_000,
+        }
     )
     amount_limits: dict[str, tuple[int, int]] = Field(
         default_factory=lambda: {
-            "TRY": (1_000, 100_000_000), "USD": (100, 10_000_000), "EUR": (100, 10_000_000),
-            "GBP": (100, 10_000_000), "SAR": (500, 40_000_000), "INR": (10_000, 1_000_000_000),
-            "NGN": (50_000, 10_000_000_000), "JPY": (100, 1_000_000_000), "KWD": (1_000, 3_000_000),
+            "TRY": (1_000, 100_000_000),
+            "USD": (100, 10_000_000),
+            "EUR": (100, 10_000_000),
+            "GBP": (100, 10_000_000),
+            "SAR": (500, 40_000_000),
+            "INR": (10_000, 1_000_000_000),
+            "NGN": (50_000, 10_000_000_000),
+            "JPY": (100, 1_000_000_000),
+            "KWD": (1_000, 3_000_000),
         }
     )
 
     # Fees: percentage (basis points) + fixed, clamped to min/max (minor units per currency), per market
     # type and optionally category; the most specific rule wins.
-    fee_rules: list[FeeRule] = Field(default_factory=lambda: [
-        FeeRule(market_type="product", percent_bps=250),
-        FeeRule(market_type="service", percent_bps=500),
-        FeeRule(market_type="project", percent_bps=300),
-        FeeRule(market_type="product", category="digital_goods", percent_bps=500),
-    ])
+    fee_rules: list[FeeRule] = Field(
+        default_factory=lambda: [
+            FeeRule(market_type="product", percent_bps=250),
+            FeeRule(market_type="service", percent_bps=500),
+            FeeRule(market_type="project", percent_bps=300),
+            FeeRule(market_type="product", category="digital_goods", percent_bps=500),
+        ]
+    )
     # Category rules (seed 000): digital auto-deliver, delivery document required, per-category max amount.
-    category_rules: dict[str, CategoryRule] = Field(default_factory=lambda: {
-        "general": CategoryRule(),
-        "digital_goods": CategoryRule(digital_auto_deliver=True),
-        "electronics": CategoryRule(requires_delivery_document=True),
-        "vehicles": CategoryRule(requires_delivery_document=True, max_amount={"TRY": 2_000_000_000}),
-        "services": CategoryRule(),
-        "software": CategoryRule(),
-    })
+    category_rules: dict[str, CategoryRule] = Field(
+        default_factory=lambda: {
+            "general": CategoryRule(),
+            "digital_goods": CategoryRule(digital_auto_deliver=True),
+            "electronics": CategoryRule(requires_delivery_document=True),
+            "vehicles": CategoryRule(requires_delivery_document=True, max_amount={"TRY": 2_000_000_000}),
+            "services": CategoryRule(),
+            "software": CategoryRule(),
+        }
+    )
     # Satisfaction-based split (seed 002): rating -> penalty in basis points of the seller's share.
     satisfaction_penalty_bps: dict[int, int] = Field(
-        default_factory=lambda: {5: 0, 4: 0, 3: 1_000, 2: 2_500, 1: 5_000})
+        default_factory=lambda: {5: 0, 4: 0, 3: 1_000, 2: 2_500, 1: 5_000}
+    )
     satisfaction_penalty_to: Literal["buyer", "platform"] = "buyer"
 
     # Reporting (display only; money in escrow is never converted)
     reporting_currency: str = "USD"
     fx_rates: dict[str, str] = Field(
-        default_factory=lambda: {"TRY": "0.029", "EUR": "1.08", "GBP": "1.27", "SAR": "0.2666",
-                                 "INR": "0.012", "NGN": "0.00065", "JPY": "0.0067", "KWD": "3.25"}
+        default_factory=lambda: {
+            "TRY": "0.029",
+            "EUR": "1.08",
+            "GBP": "1.27",
+            "SAR": "0.2666",
+            "INR": "0.012",
+            "NGN": "0.00065",
+            "JPY": "0.0067",
+            "KWD": "3.25",
+        }
     )
 
     # Providers
@@ -173,9 +198,14 @@ class Settings(BaseSettings):
     # RazorpayX account number that payouts are sent from
     razorpay_account_number: str | None = None
     # PayPal webhook certificates are fetched only from URLs starting with one of these
-    paypal_cert_url_prefixes: list[str] = Field(default_factory=lambda: [
-        "https://api.paypal.com/", "https://api-m.paypal.com/",
-        "https://api.sandbox.paypal.com/", "https://api-m.sandbox.paypal.com/"])
+    paypal_cert_url_prefixes: list[str] = Field(
+        default_factory=lambda: [
+            "https://api.paypal.com/",
+            "https://api-m.paypal.com/",
+            "https://api.sandbox.paypal.com/",
+            "https://api-m.sandbox.paypal.com/",
+        ]
+    )
 
     # Messaging
     sms_provider: Literal["console", "twilio", "messagebird"] = "console"
@@ -211,7 +241,8 @@ class Settings(BaseSettings):
 
     # Outbound webhooks (Standard Webhooks)
     webhook_retry_schedule_seconds: list[float] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])  # ~27 h after the first try
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )  # ~27 h after the first try
     webhook_timeout_seconds: float = 10
     webhook_disable_after_failures: int = 15  # consecutive failed attempts before an endpoint is disabled
     webhook_secret_overlap_hours: float = 24  # after a rotation, the old secret also signs this long
@@ -237,8 +268,13 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
 
-    @field_validator("rate_limit_default", "rate_limit_anonymous", "rate_limit_otp", "rate_limit_login",
-                     "rate_limit_payments")
+    @field_validator(
+        "rate_limit_default",
+        "rate_limit_anonymous",
+        "rate_limit_otp",
+        "rate_limit_login",
+        "rate_limit_payments",
+    )
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
         try:
@@ -259,18 +295,21 @@ class Settings(BaseSettings):
         if self.env == "production":
             defaults = {
                 "EMANET_SECRET_KEY": self.secret_key == DEFAULT_SECRET_KEY,
-                "EMANET_SANDBOX_WEBHOOK_SECRET":
-                    self.sandbox_webhook_secret == DEFAULT_SANDBOX_WEBHOOK_SECRET,
+                "EMANET_SANDBOX_WEBHOOK_SECRET": self.sandbox_webhook_secret
+                == DEFAULT_SANDBOX_WEBHOOK_SECRET,
             }
             still_default = [name for name, is_default in defaults.items() if is_default]
             if still_default:
-                raise ValueError("production refuses to start with default secrets: "
-                                 + ", ".join(still_default))
+                raise ValueError(
+                    "production refuses to start with default secrets: " + ", ".join(still_default)
+                )
             if len(self.secret_key) < 32:
                 raise ValueError("EMANET_SECRET_KEY must be at least 32 characters in production")
             if self.captcha_provider == "test":
                 # The test verifier accepts a token anyone can read in this file.
-                raise ValueError("production needs a real EMANET_CAPTCHA_PROVIDER (hcaptcha, recaptcha, turnstile)")
+                raise ValueError(
+                    "production needs a real EMANET_CAPTCHA_PROVIDER (hcaptcha, recaptcha, turnstile)"
+                )
         return self
 
     @property

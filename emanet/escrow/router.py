@@ -209,8 +209,7 @@ async def list_escrows(
 
 
 @router.get("/escrows/{escrow_id}", response_model=EscrowDetail, dependencies=[READ])
-async def get_escrow(escrow_id: str, principal: CurrentPrincipal,
-                     session: DbSession) -> EscrowDetail:
+async def get_escrow(escrow_id: str, principal: CurrentPrincipal, session: DbSession) -> EscrowDetail:
     return await to_detail(session, await service.get_escrow(session, escrow_id, principal))
 
 
@@ -380,8 +379,7 @@ async def admin_list_escrows(
 
 
 @router.get("/admin/escrows/{escrow_id}", response_model=EscrowDetail, tags=["admin"])
-async def admin_get_escrow(escrow_id: str, principal: StaffPrincipal,
-                           session: DbSession) -> EscrowDetail:
+async def admin_get_escrow(escrow_id: str, principal: StaffPrincipal, session: DbSession) -> EscrowDetail:
     return await to_detail(session, await service.get_escrow(session, escrow_id, principal))
 
 

@@ -41,7 +41,13 @@ from emanet.core.errors import EmanetError, ProviderError
 from emanet.core.settings import Settings
 
 PaymentStatus = Literal[
-    "pending", "requires_action", "processing", "succeeded", "failed", "cancelled", "refunded",
+    "pending",
+    "requires_action",
+    "processing",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "refunded",
     "partially_refunded",
 ]
 RefundStatus = Literal["pending", "succeeded", "failed"]
@@ -51,8 +57,18 @@ WebhookKind = Literal["payment", "refund", "payout", "other"]
 SettlementKind = Literal["payment", "refund", "payout"]
 
 # Payment methods a provider can offer. Card brands are not methods; wallets and local schemes are.
-METHODS = ("card", "mada", "apple_pay", "google_pay", "stc_pay", "paypal", "bank_transfer", "upi", "ussd",
-           "netbanking")
+METHODS = (
+    "card",
+    "mada",
+    "apple_pay",
+    "google_pay",
+    "stc_pay",
+    "paypal",
+    "bank_transfer",
+    "upi",
+    "ussd",
+    "netbanking",
+)
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -299,15 +315,17 @@ class PaymentProvider(ABC):
         return await self.get_payment(reference)
 
     # ---- refunds
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         """Refund ``amount`` (full or partial) of payment ``reference``, idempotent per the key."""
         raise UnsupportedOperation(f"{self.display_name} refunds are not supported")
 
     # ---- webhooks
     @abstractmethod
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         """Verify (IP allowlist, signature, timestamp) and parse one inbound webhook.
 
         ``headers`` may be any mapping; lookups are case-insensitive (use ``header()``). ``body`` is the raw
@@ -319,8 +337,9 @@ class PaymentProvider(ABC):
         return WebhookReply()
 
     # ---- payouts
-    async def create_payout(self, payout_id: str, amount: int, currency: str,
-                            destination: PayoutDestination) -> ProviderPayout:
+    async def create_payout(
+        self, payout_id: str, amount: int, currency: str, destination: PayoutDestination
+    ) -> ProviderPayout:
         """Send ``amount`` to ``destination``; idempotent per ``payout_id`` (our ``po_…``)."""
         raise UnsupportedOperation(f"{self.display_name} payouts are not supported")
 
@@ -345,7 +364,8 @@ class PaymentProvider(ABC):
         """A credential from settings, or ``ProviderNotConfigured`` naming the missing setting."""
         if not value:
             raise ProviderNotConfigured(
-                f"{self.display_name} is not configured: set EMANET_{setting.upper()}")
+                f"{self.display_name} is not configured: set EMANET_{setting.upper()}"
+            )
         return value
 
 

@@ -43,35 +43,58 @@ def is_transient_error(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError | TransientResponse)
 
 
-def provider_client(settings: Settings, base_url: str, *, headers: Mapping[str, str] | None = None,
-                    auth: httpx.Auth | tuple[str, str] | None = None) -> httpx.AsyncClient:
+def provider_client(
+    settings: Settings,
+    base_url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    auth: httpx.Auth | tuple[str, str] | None = None,
+) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` for one provider; use it as ``async with`` so connections are closed."""
     seconds = settings.provider_timeout_seconds
     timeout = httpx.Timeout(seconds, connect=min(5.0, seconds))
     return httpx.AsyncClient(
-        base_url=base_url.rstrip("/"), timeout=timeout, auth=auth,
+        base_url=base_url.rstrip("/"),
+        timeout=timeout,
+        auth=auth,
         headers={"User-Agent": "Emanet", **(headers or {})},
     )
 
 
-async def with_retries(provider: str, settings: Settings, operation: Callable[[], Awaitable[T]], *,
-                       idempotent: bool, is_transient: Callable[[BaseException], bool] = is_transient_error,
-                       what: str = "request") -> T:
+async def with_retries(
+    provider: str,
+    settings: Settings,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    idempotent: bool,
+    is_transient: Callable[[BaseException], bool] = is_transient_error,
+    what: str = "request",
+) -> T:
     """Run ``operation``; retry it on transient failures when ``idempotent``; map the final transient
     failure to ``ProviderUnavailable``. Non-transient exceptions pass through untouched."""
     attempts = settings.provider_max_attempts if idempotent else 1
 
     def _log_retry(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        log.warning("provider_retry", provider=provider, what=what, attempt=state.attempt_number,
-                    error=_describe(error), sleep_seconds=round(state.upcoming_sleep, 3))
+        log.warning(
+            "provider_retry",
+            provider=provider,
+            what=what,
+            attempt=state.attempt_number,
+            error=_describe(error),
+            sleep_seconds=round(state.upcoming_sleep, 3),
+        )
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_exponential_jitter(initial=settings.provider_retry_initial_seconds,
-                                     max=settings.provider_retry_max_seconds),
-        retry=tenacity.retry_if_exception(is_transient), before_sleep=_log_retry, reraise=True,
+        wait=tenacity.wait_exponential_jitter(
+            initial=settings.provider_retry_initial_seconds, max=settings.provider_retry_max_seconds
+        ),
+        retry=tenacity.retry_if_exception(is_transient),
+        before_sleep=_log_retry,
+        reraise=True,
     )
+
     async def attempt() -> T:
         # A coroutine function, so tenacity awaits it (``operation`` may be a lambda returning an awaitable).
         return await operation()
@@ -82,16 +105,25 @@ async def with_retries(provider: str, settings: Settings, operation: Callable[[]
         if not is_transient(exc):
             raise
         outcome = "" if idempotent else "; the outcome is unknown, check its status before trying again"
-        log.error("provider_unavailable", provider=provider, what=what, attempts=attempts,
-                  error=_describe(exc))
+        log.error(
+            "provider_unavailable", provider=provider, what=what, attempts=attempts, error=_describe(exc)
+        )
         raise ProviderUnavailable(
             f"{provider} did not answer the {what} ({_describe(exc)}) after {attempts} attempt(s){outcome}",
             provider=provider,
         ) from exc
 
 
-async def request(client: httpx.AsyncClient, provider: str, settings: Settings, method: str, url: str, *,
-                  idempotent: bool, **kwargs: Any) -> httpx.Response:
+async def request(
+    client: httpx.AsyncClient,
+    provider: str,
+    settings: Settings,
+    method: str,
+    url: str,
+    *,
+    idempotent: bool,
+    **kwargs: Any,
+) -> httpx.Response:
     """One provider HTTP call with the retry policy. Returns every non-transient response (2xx and 4xx)
     for the adapter to interpret."""
 

@@ -69,7 +69,9 @@ log = structlog.get_logger("emanet.providers.iyzico")
 NO_TURKISH_ID = "11111111111"
 NOT_PROVIDED = "Not provided"
 FORM_STATUSES: dict[str, PaymentStatus] = {
-    "SUCCESS": "succeeded", "FAILURE": "failed", "INIT_THREEDS": "requires_action",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "INIT_THREEDS": "requires_action",
     "CALLBACK_THREEDS": "processing",
 }
 
@@ -115,65 +117,110 @@ class IyzicoProvider(PaymentProvider):
             raise UnsupportedOperation("iyzico saved-card charges are not supported by Emanet")
         payer_ip = req.metadata.get("payer_ip")
         if not payer_ip:
-            raise ProviderDeclined("iyzico needs the payer's IP address",
-                                   decline_code="missing_payer_details")
+            raise ProviderDeclined(
+                "iyzico needs the payer's IP address", decline_code="missing_payer_details"
+            )
         price = _decimal_string(req.amount, req.currency)
         first_name, _, last_name = (req.customer.name or req.customer.email or "Emanet buyer").partition(" ")
-        address = {"contactName": req.customer.name or first_name,
-                   "city": req.metadata.get("city", NOT_PROVIDED),
-                   "country": req.metadata.get("country_name", req.country or "Turkey"),
-                   "address": req.metadata.get("address", NOT_PROVIDED)}
+        address = {
+            "contactName": req.customer.name or first_name,
+            "city": req.metadata.get("city", NOT_PROVIDED),
+            "country": req.metadata.get("country_name", req.country or "Turkey"),
+            "address": req.metadata.get("address", NOT_PROVIDED),
+        }
         request = {
-            "locale": self._locale(req.country), "conversationId": req.payment_id, "price": price,
-            "paidPrice": price, "currency": req.currency, "basketId": req.payment_id,
-            "paymentGroup": "PRODUCT", "callbackUrl": req.return_url, "enabledInstallments": ["1"],
+            "locale": self._locale(req.country),
+            "conversationId": req.payment_id,
+            "price": price,
+            "paidPrice": price,
+            "currency": req.currency,
+            "basketId": req.payment_id,
+            "paymentGroup": "PRODUCT",
+            "callbackUrl": req.return_url,
+            "enabledInstallments": ["1"],
             "buyer": {
-                "id": req.metadata.get("buyer_id", req.payment_id), "name": first_name,
-                "surname": last_name or first_name, "email": req.customer.email or "",
+                "id": req.metadata.get("buyer_id", req.payment_id),
+                "name": first_name,
+                "surname": last_name or first_name,
+                "email": req.customer.email or "",
                 "gsmNumber": req.customer.phone or "",
                 "identityNumber": req.metadata.get("identity_number", NO_TURKISH_ID),
-                "registrationAddress": address["address"], "ip": payer_ip, "city": address["city"],
+                "registrationAddress": address["address"],
+                "ip": payer_ip,
+                "city": address["city"],
                 "country": address["country"],
             },
             "billingAddress": address,
-            "basketItems": [{"id": req.payment_id, "name": req.description[:200], "category1": "Escrow",
-                             "itemType": "VIRTUAL", "price": price}],
+            "basketItems": [
+                {
+                    "id": req.payment_id,
+                    "name": req.description[:200],
+                    "category1": "Escrow",
+                    "itemType": "VIRTUAL",
+                    "price": price,
+                }
+            ],
         }
-        result = await self._call(iyzipay.CheckoutFormInitialize(), "create", request, idempotent=False,
-                                  what="checkout form initialize")
+        result = await self._call(
+            iyzipay.CheckoutFormInitialize(),
+            "create",
+            request,
+            idempotent=False,
+            what="checkout form initialize",
+        )
         if result.get("status") != "success" or not result.get("token") or not result.get("paymentPageUrl"):
-            raise ProviderDeclined(f"iyzico refused the checkout form: {result.get('errorMessage')}",
-                                   decline_code=str(result.get("errorCode") or "initialize_failed"))
+            raise ProviderDeclined(
+                f"iyzico refused the checkout form: {result.get('errorMessage')}",
+                decline_code=str(result.get("errorCode") or "initialize_failed"),
+            )
         log.info("iyzico_checkout_form_created", payment_id=req.payment_id)
-        return ProviderPayment(reference=str(result["token"]), status="requires_action", amount=req.amount,
-                               currency=req.currency,
-                               next_action=NextAction(type="redirect", url=str(result["paymentPageUrl"])),
-                               raw=_without_form(result))
+        return ProviderPayment(
+            reference=str(result["token"]),
+            status="requires_action",
+            amount=req.amount,
+            currency=req.currency,
+            next_action=NextAction(type="redirect", url=str(result["paymentPageUrl"])),
+            raw=_without_form(result),
+        )
 
     async def get_payment(self, reference: str) -> ProviderPayment:
         return _from_form(reference, await self._retrieve(reference))
 
     # ------------------------------------------------------------------------------------------ refunds
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         form = await self._retrieve(reference)
         if _from_form(reference, form).status != "succeeded" or not form.get("paymentId"):
-            raise ProviderDeclined(f"iyzico payment {reference} has not succeeded; nothing to refund",
-                                   decline_code="not_refundable")
-        request = {"locale": "tr", "conversationId": idempotency_key, "paymentId": str(form["paymentId"]),
-                   "price": _decimal_string(amount, currency)}
+            raise ProviderDeclined(
+                f"iyzico payment {reference} has not succeeded; nothing to refund",
+                decline_code="not_refundable",
+            )
+        request = {
+            "locale": "tr",
+            "conversationId": idempotency_key,
+            "paymentId": str(form["paymentId"]),
+            "price": _decimal_string(amount, currency),
+        }
         result = await self._call(iyzipay.Payment(), "refund", request, idempotent=False, what="refund")
         if result.get("status") != "success":
-            raise ProviderDeclined(f"iyzico refused the refund: {result.get('errorMessage')}",
-                                   decline_code=str(result.get("errorCode") or "refund_failed"))
+            raise ProviderDeclined(
+                f"iyzico refused the refund: {result.get('errorMessage')}",
+                decline_code=str(result.get("errorCode") or "refund_failed"),
+            )
         log.info("iyzico_refunded", reference=reference, amount=amount)
         refund_reference = result.get("paymentTransactionId") or result.get("hostReference")
-        return ProviderRefund(reference=str(refund_reference or f"{form['paymentId']}:{idempotency_key}"),
-                              status="succeeded", amount=amount, raw=result)
+        return ProviderRefund(
+            reference=str(refund_reference or f"{form['paymentId']}:{idempotency_key}"),
+            status="succeeded",
+            amount=amount,
+            raw=result,
+        )
 
     # ------------------------------------------------------------------------------------------ webhooks
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         self.check_remote_ip(remote_ip)
         try:
             event = json.loads(body)
@@ -191,16 +238,28 @@ class IyzicoProvider(PaymentProvider):
         if ours is None or not event.get("token"):
             # Only checkout-form payments are ours; anything else is stored and acknowledged.
             return WebhookEvent(event_id=event_id, type=event_type, raw=event)
-        return WebhookEvent(event_id=event_id, type=event_type, kind="payment", status=ours,
-                            payment_reference=str(event["token"]), raw=event)
+        return WebhookEvent(
+            event_id=event_id,
+            type=event_type,
+            kind="payment",
+            status=ours,
+            payment_reference=str(event["token"]),
+            raw=event,
+        )
 
     # ------------------------------------------------------------------------------------------ internals
     async def _retrieve(self, token: str) -> dict[str, Any]:
-        return await self._call(iyzipay.CheckoutForm(), "retrieve", {"locale": "tr", "token": token},
-                                idempotent=True, what="checkout form retrieve")
+        return await self._call(
+            iyzipay.CheckoutForm(),
+            "retrieve",
+            {"locale": "tr", "token": token},
+            idempotent=True,
+            what="checkout form retrieve",
+        )
 
-    async def _call(self, resource: IyzipayResource, action: str, request: dict[str, Any], *,
-                    idempotent: bool, what: str) -> dict[str, Any]:
+    async def _call(
+        self, resource: IyzipayResource, action: str, request: dict[str, Any], *, idempotent: bool, what: str
+    ) -> dict[str, Any]:
         """``resource.<action>(request, options)`` in a worker thread, with the retry policy."""
         base = urlsplit(self.settings.iyzico_api_base)
         resource.httplib = _Connections(base.scheme, self.settings.provider_timeout_seconds)
@@ -222,12 +281,14 @@ class IyzicoProvider(PaymentProvider):
             return status, payload
 
         status, payload = await provider_http.with_retries(
-            "iyzico", self.settings, attempt, idempotent=idempotent, is_transient=_is_transient, what=what)
+            "iyzico", self.settings, attempt, idempotent=idempotent, is_transient=_is_transient, what=what
+        )
         try:
             parsed = json.loads(payload, parse_float=Decimal)
         except ValueError as exc:
-            raise ProviderError(f"iyzico answered the {what} with something that is not JSON "
-                                f"(HTTP {status})") from exc
+            raise ProviderError(
+                f"iyzico answered the {what} with something that is not JSON (HTTP {status})"
+            ) from exc
         if not isinstance(parsed, dict):
             raise ProviderError(f"iyzico answered the {what} with an unexpected shape")
         return parsed
@@ -261,12 +322,15 @@ def _from_form(reference: str, form: Mapping[str, Any]) -> ProviderPayment:
     if currency and any(part is not None for part in fee_parts):
         fee = sum(_minor_units(part or 0, currency) for part in fee_parts)
     return ProviderPayment(
-        reference=reference, status=status,
+        reference=reference,
+        status=status,
         amount=_minor_units(form["price"], currency) if currency and form.get("price") is not None else None,
         currency=currency or None,
         failure_code=str(form.get("errorCode") or "declined") if failed else None,
         failure_message=(str(form.get("errorMessage") or "") or None) if failed else None,
-        card=_card(form), fee=fee if status == "succeeded" else None, raw=_without_form(form),
+        card=_card(form),
+        fee=fee if status == "succeeded" else None,
+        raw=_without_form(form),
     )
 
 

@@ -112,8 +112,12 @@ class JetcheckoutProvider(PaymentProvider):
             "amount": _decimal_string(req.amount, req.currency),
             "currency": req.currency,
             "expiration": expires.isoformat(timespec="seconds"),
-            "partner": {"name": req.customer.name or "", "email": req.customer.email or "",
-                        "phone": req.customer.phone or "", "ip_address": req.metadata.get("payer_ip", "")},
+            "partner": {
+                "name": req.customer.name or "",
+                "email": req.customer.email or "",
+                "phone": req.customer.phone or "",
+                "ip_address": req.metadata.get("payer_ip", ""),
+            },
             "order": {"name": req.description},
             "url": {"card": {"result": req.return_url, "webhook": self._webhook_url()}},
             "methods": ["card"],
@@ -121,15 +125,22 @@ class JetcheckoutProvider(PaymentProvider):
         result = await self._post("/api/v1/payment/prepare", body, idempotent=False, what="prepare")
         status = _int_code(result.get("status"))
         if status != OPERATION_OK:
-            raise ProviderDeclined(f"Jetcheckout refused the payment: {result.get('message') or status}",
-                                   decline_code=str(result.get("status")))
+            raise ProviderDeclined(
+                f"Jetcheckout refused the payment: {result.get('message') or status}",
+                decline_code=str(result.get("status")),
+            )
         page = result.get("url") or f"{self._base()}/payment/card?={result.get('hash') or ''}"
         if not result.get("url") and not result.get("hash"):
             raise ProviderError("Jetcheckout prepared the payment but returned no payment page")
         log.info("jetcheckout_prepared", payment_id=req.payment_id)
-        return ProviderPayment(reference=req.payment_id, status="requires_action", amount=req.amount,
-                               currency=req.currency, next_action=NextAction(type="redirect", url=str(page)),
-                               raw=_redacted(result))
+        return ProviderPayment(
+            reference=req.payment_id,
+            status="requires_action",
+            amount=req.amount,
+            currency=req.currency,
+            next_action=NextAction(type="redirect", url=str(page)),
+            raw=_redacted(result),
+        )
 
     async def get_payment(self, reference: str) -> ProviderPayment:
         return _payment_from_status(reference, await self._status(reference))
@@ -144,16 +155,23 @@ class JetcheckoutProvider(PaymentProvider):
         return await self.get_payment(reference)
 
     # ------------------------------------------------------------------------------------------ refunds
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         status = await self._status(reference)
         payment = _payment_from_status(reference, status)
         if payment.status != "succeeded":
-            raise ProviderDeclined(f"Jetcheckout payment {reference} is {payment.status}; nothing to refund",
-                                   decline_code="not_refundable")
+            raise ProviderDeclined(
+                f"Jetcheckout payment {reference} is {payment.status}; nothing to refund",
+                decline_code="not_refundable",
+            )
         transaction_id = str(status.get("transaction_id") or "")
-        body: dict[str, Any] = {"application_key": self._api_key(), "order_id": reference,
-                                "transaction_id": transaction_id, "language": "tr"}
+        body: dict[str, Any] = {
+            "application_key": self._api_key(),
+            "order_id": reference,
+            "transaction_id": transaction_id,
+            "language": "tr",
+        }
         void = amount == payment.amount and not status.get("completed")
         if void:
             result = await self._post("/api/v1/payment/cancel", body, idempotent=False, what="cancel")
@@ -161,16 +179,20 @@ class JetcheckoutProvider(PaymentProvider):
             body.update(amount=amount, currency=currency)
             result = await self._post("/api/v1/payment/refund", body, idempotent=False, what="refund")
         if _int_code(result.get("response_code")) != OPERATION_OK:
-            raise ProviderDeclined(f"Jetcheckout refused the refund: {result.get('message')}",
-                                   decline_code=str(result.get("response_code")))
+            raise ProviderDeclined(
+                f"Jetcheckout refused the refund: {result.get('message')}",
+                decline_code=str(result.get("response_code")),
+            )
         log.info("jetcheckout_refunded", reference=reference, amount=amount, void=void)
         refund_reference = str(result.get("transaction_id") or f"{reference}:{idempotency_key}")
-        return ProviderRefund(reference=refund_reference, status="succeeded", amount=amount,
-                              raw=_redacted(result))
+        return ProviderRefund(
+            reference=refund_reference, status="succeeded", amount=amount, raw=_redacted(result)
+        )
 
     # ------------------------------------------------------------------------------------------ webhooks
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         """A callback names an order (JSON or form body); what happened is read from the status query.
 
         A callback that carries a ``hash`` must carry ours. A forged callback can therefore only make us
@@ -185,10 +207,17 @@ class JetcheckoutProvider(PaymentProvider):
             self.verify_order_hash(order_id, fields["hash"])
         payment = await self.get_payment(order_id)
         return WebhookEvent(
-            event_id=f"{order_id}:{payment.status}", type=f"status.{payment.status}", kind="payment",
-            status=payment.status, payment_reference=order_id, amount=payment.amount,
-            currency=payment.currency, failure_code=payment.failure_code,
-            failure_message=payment.failure_message, card=payment.card, raw=payment.raw,
+            event_id=f"{order_id}:{payment.status}",
+            type=f"status.{payment.status}",
+            kind="payment",
+            status=payment.status,
+            payment_reference=order_id,
+            amount=payment.amount,
+            currency=payment.currency,
+            failure_code=payment.failure_code,
+            failure_message=payment.failure_message,
+            card=payment.card,
+            raw=payment.raw,
         )
 
     # ------------------------------------------------------------------------------------------ internals
@@ -196,14 +225,18 @@ class JetcheckoutProvider(PaymentProvider):
         body = {"application_key": self._api_key(), "order_id": order_id, "lang": "tr"}
         return await self._post("/api/v1/payment/status", body, idempotent=True, what="status query")
 
-    async def _post(self, path: str, body: Mapping[str, Any], *, idempotent: bool,
-                    what: str) -> dict[str, Any]:
+    async def _post(
+        self, path: str, body: Mapping[str, Any], *, idempotent: bool, what: str
+    ) -> dict[str, Any]:
         async with http.provider_client(self.settings, self._base()) as client:
-            response = await http.request(client, "Jetcheckout", self.settings, "POST", path, json=body,
-                                          idempotent=idempotent)
+            response = await http.request(
+                client, "Jetcheckout", self.settings, "POST", path, json=body, idempotent=idempotent
+            )
         if response.status_code >= 400:
-            raise ProviderDeclined(f"Jetcheckout refused the {what} (HTTP {response.status_code})",
-                                   decline_code=f"http_{response.status_code}")
+            raise ProviderDeclined(
+                f"Jetcheckout refused the {what} (HTTP {response.status_code})",
+                decline_code=f"http_{response.status_code}",
+            )
         return _json_object(response, what)
 
     def _api_key(self) -> str:
@@ -226,9 +259,12 @@ def _payment_from_status(reference: str, result: Mapping[str, Any]) -> ProviderP
     """Map a ``/payment/status`` answer: successful+cancelled is a void, successful a capture, an
     unsuccessful attempt a decline; any other response code means there is no attempt yet."""
     if _int_code(result.get("response_code")) != STATUS_OK:
-        return ProviderPayment(reference=reference, status="requires_action",
-                               failure_message=str(result.get("message") or "") or None,
-                               raw=_redacted(result))
+        return ProviderPayment(
+            reference=reference,
+            status="requires_action",
+            failure_message=str(result.get("message") or "") or None,
+            raw=_redacted(result),
+        )
     currency = str(result.get("currency") or "TRY")
     status: PaymentStatus
     if result.get("successful"):
@@ -240,12 +276,16 @@ def _payment_from_status(reference: str, result: Mapping[str, Any]) -> ProviderP
         failure_code = str(result.get("service_resp_code") or result.get("response_code"))
         failure_message = str(result.get("service_resp_message") or result.get("message") or "") or None
     return ProviderPayment(
-        reference=reference, status=status,
+        reference=reference,
+        status=status,
         amount=_minor_units(result["amount"], currency) if result.get("amount") is not None else None,
-        currency=currency, failure_code=failure_code, failure_message=failure_message,
+        currency=currency,
+        failure_code=failure_code,
+        failure_message=failure_message,
         card=_card(result),
         fee=_minor_units(result["commission_amount"], currency)
-        if result.get("commission_amount") is not None else None,
+        if result.get("commission_amount") is not None
+        else None,
         raw=_redacted(result),
     )
 

@@ -57,18 +57,33 @@ INVOICE_PREFIX = "invoice:"
 GIVEN_ID_NAMESPACE = uuid.UUID("8f4c2f0e-3b7a-5d51-9a64-2f2b6f0d4e11")
 
 PAYMENT_STATUSES: dict[str, PaymentStatus] = {
-    "initiated": "requires_action", "authorized": "processing", "verified": "processing",
-    "paid": "succeeded", "captured": "succeeded", "failed": "failed", "voided": "cancelled",
+    "initiated": "requires_action",
+    "authorized": "processing",
+    "verified": "processing",
+    "paid": "succeeded",
+    "captured": "succeeded",
+    "failed": "failed",
+    "voided": "cancelled",
     "refunded": "refunded",
 }
 INVOICE_STATUSES: dict[str, PaymentStatus] = {
-    "initiated": "requires_action", "on_hold": "processing", "paid": "succeeded", "failed": "failed",
-    "expired": "cancelled", "canceled": "cancelled", "voided": "cancelled", "refunded": "refunded",
+    "initiated": "requires_action",
+    "on_hold": "processing",
+    "paid": "succeeded",
+    "failed": "failed",
+    "expired": "cancelled",
+    "canceled": "cancelled",
+    "voided": "cancelled",
+    "refunded": "refunded",
 }
 EVENT_STATUSES: dict[str, PaymentStatus] = {
-    "payment_paid": "succeeded", "payment_captured": "succeeded", "payment_failed": "failed",
+    "payment_paid": "succeeded",
+    "payment_captured": "succeeded",
+    "payment_failed": "failed",
     "payment_faild": "failed",  # spelled so in Moyasar's own event table
-    "payment_voided": "cancelled", "payment_authorized": "processing", "payment_refunded": "refunded",
+    "payment_voided": "cancelled",
+    "payment_authorized": "processing",
+    "payment_refunded": "refunded",
 }
 
 
@@ -91,21 +106,35 @@ class MoyasarProvider(PaymentProvider):
         metadata.pop("payer_ip", None)
         if req.saved_card_token:
             return await self._charge_token(req, metadata)
-        body = {"amount": req.amount, "currency": req.currency, "description": req.description,
-                "success_url": req.return_url, "back_url": req.return_url, "metadata": metadata}
+        body = {
+            "amount": req.amount,
+            "currency": req.currency,
+            "description": req.description,
+            "success_url": req.return_url,
+            "back_url": req.return_url,
+            "metadata": metadata,
+        }
         invoice = await self._call("POST", "/v1/invoices", payload=body, idempotent=False, what="invoice")
         if not invoice.get("url") or not invoice.get("id"):
             raise ProviderError("Moyasar created an invoice without a payment page")
         log.info("moyasar_invoice_created", payment_id=req.payment_id, invoice_id=invoice["id"])
-        return ProviderPayment(reference=f"{INVOICE_PREFIX}{invoice['id']}", status="requires_action",
-                               amount=req.amount, currency=req.currency,
-                               next_action=NextAction(type="redirect", url=str(invoice["url"])), raw=invoice)
+        return ProviderPayment(
+            reference=f"{INVOICE_PREFIX}{invoice['id']}",
+            status="requires_action",
+            amount=req.amount,
+            currency=req.currency,
+            next_action=NextAction(type="redirect", url=str(invoice["url"])),
+            raw=invoice,
+        )
 
     async def _charge_token(self, req: CreatePayment, metadata: Mapping[str, str]) -> ProviderPayment:
         body = {
             "given_id": str(uuid.uuid5(GIVEN_ID_NAMESPACE, req.payment_id)),
-            "amount": req.amount, "currency": req.currency, "description": req.description,
-            "callback_url": req.return_url, "metadata": dict(metadata),
+            "amount": req.amount,
+            "currency": req.currency,
+            "description": req.description,
+            "callback_url": req.return_url,
+            "metadata": dict(metadata),
             "source": {"type": "token", "token": req.saved_card_token, "3ds": True},
         }
         payment = await self._call("POST", "/v1/payments", payload=body, idempotent=True, what="payment")
@@ -121,26 +150,36 @@ class MoyasarProvider(PaymentProvider):
         return _from_payment(reference, payment)
 
     # ------------------------------------------------------------------------------------------ refunds
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         payment_id = reference
         if reference.startswith(INVOICE_PREFIX):
             invoice_id = reference.removeprefix(INVOICE_PREFIX)
             invoice = await self._call("GET", f"/v1/invoices/{invoice_id}", idempotent=True, what="invoice")
             paid = _paid_payment(invoice)
             if paid is None:
-                raise ProviderDeclined(f"Moyasar invoice {invoice_id} has no paid payment to refund",
-                                       decline_code="not_refundable")
+                raise ProviderDeclined(
+                    f"Moyasar invoice {invoice_id} has no paid payment to refund",
+                    decline_code="not_refundable",
+                )
             payment_id = str(paid["id"])
-        payment = await self._call("POST", f"/v1/payments/{payment_id}/refund", payload={"amount": amount},
-                                   idempotent=False, what="refund")
+        payment = await self._call(
+            "POST",
+            f"/v1/payments/{payment_id}/refund",
+            payload={"amount": amount},
+            idempotent=False,
+            what="refund",
+        )
         log.info("moyasar_refunded", reference=reference, amount=amount, refunded=payment.get("refunded"))
-        return ProviderRefund(reference=f"{payment_id}:{idempotency_key}", status="succeeded", amount=amount,
-                              raw=payment)
+        return ProviderRefund(
+            reference=f"{payment_id}:{idempotency_key}", status="succeeded", amount=amount, raw=payment
+        )
 
     # ------------------------------------------------------------------------------------------ webhooks
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         """The body's ``secret_token`` must equal ``EMANET_MOYASAR_WEBHOOK_TOKEN`` (constant-time)."""
         self.check_remote_ip(remote_ip)
         expected = self.settings.moyasar_webhook_token
@@ -164,25 +203,37 @@ class MoyasarProvider(PaymentProvider):
             status = payment.status  # refunded, or partially_refunded
         reference = f"{INVOICE_PREFIX}{data['invoice_id']}" if data.get("invoice_id") else str(data["id"])
         return WebhookEvent(
-            event_id=str(event.get("id") or f"{data['id']}:{event_type}"), type=event_type, kind="payment",
-            status=status, payment_reference=reference, amount=payment.amount, currency=payment.currency,
-            failure_code=payment.failure_code, failure_message=payment.failure_message, card=payment.card,
+            event_id=str(event.get("id") or f"{data['id']}:{event_type}"),
+            type=event_type,
+            kind="payment",
+            status=status,
+            payment_reference=reference,
+            amount=payment.amount,
+            currency=payment.currency,
+            failure_code=payment.failure_code,
+            failure_message=payment.failure_message,
+            card=payment.card,
             raw=safe,
         )
 
     # ------------------------------------------------------------------------------------------ internals
-    async def _call(self, method: str, path: str, *, idempotent: bool, what: str,
-                    payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def _call(
+        self, method: str, path: str, *, idempotent: bool, what: str, payload: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         secret = self.require(self.settings.moyasar_secret_key, "moyasar_secret_key")
-        async with http.provider_client(self.settings, self.settings.moyasar_api_base,
-                                        auth=(secret, "")) as client:
-            response = await http.request(client, "Moyasar", self.settings, method, path, json=payload,
-                                          idempotent=idempotent)
+        async with http.provider_client(
+            self.settings, self.settings.moyasar_api_base, auth=(secret, "")
+        ) as client:
+            response = await http.request(
+                client, "Moyasar", self.settings, method, path, json=payload, idempotent=idempotent
+            )
         if response.status_code >= 400:
             error = _json_or_empty(response)
             message = error.get("message") or f"HTTP {response.status_code}"
-            raise ProviderDeclined(f"Moyasar refused the {what}: {message}",
-                                   decline_code=str(error.get("type") or f"http_{response.status_code}"))
+            raise ProviderDeclined(
+                f"Moyasar refused the {what}: {message}",
+                decline_code=str(error.get("type") or f"http_{response.status_code}"),
+            )
         parsed = _json_or_empty(response)
         if not parsed:
             raise ProviderError(f"Moyasar answered the {what} with something that is not a JSON object")
@@ -201,11 +252,16 @@ def _from_payment(reference: str, payment: Mapping[str, Any]) -> ProviderPayment
         next_action = NextAction(type="three_d_secure", url=str(source["transaction_url"]))
     failed = status == "failed"
     return ProviderPayment(
-        reference=reference, status=status, amount=amount, currency=_str_or_none(payment.get("currency")),
+        reference=reference,
+        status=status,
+        amount=amount,
+        currency=_str_or_none(payment.get("currency")),
         next_action=next_action,
         failure_code=str(source.get("response_code") or "declined") if failed else None,
         failure_message=_str_or_none(source.get("message")) if failed else None,
-        card=_card(source), fee=_int_or_none(payment.get("fee")), raw=payment,
+        card=_card(source),
+        fee=_int_or_none(payment.get("fee")),
+        raw=payment,
     )
 
 
@@ -216,13 +272,20 @@ def _from_invoice(reference: str, invoice: Mapping[str, Any]) -> ProviderPayment
     status = INVOICE_STATUSES.get(str(invoice.get("status")), "processing")
     attempts = [p for p in invoice.get("payments") or [] if isinstance(p, dict)]
     last = _from_payment(reference, attempts[-1]) if attempts else None
-    next_action = NextAction(type="redirect", url=str(invoice["url"])) \
-        if status == "requires_action" and invoice.get("url") else None
+    next_action = (
+        NextAction(type="redirect", url=str(invoice["url"]))
+        if status == "requires_action" and invoice.get("url")
+        else None
+    )
     return ProviderPayment(
-        reference=reference, status=status, amount=_int_or_none(invoice.get("amount")),
-        currency=_str_or_none(invoice.get("currency")), next_action=next_action,
+        reference=reference,
+        status=status,
+        amount=_int_or_none(invoice.get("amount")),
+        currency=_str_or_none(invoice.get("currency")),
+        next_action=next_action,
         failure_code=last.failure_code if last and status == "failed" else None,
-        failure_message=last.failure_message if last and status == "failed" else None, raw=invoice,
+        failure_message=last.failure_message if last and status == "failed" else None,
+        raw=invoice,
     )
 
 
@@ -239,9 +302,13 @@ def _card(source: Mapping[str, Any]) -> CardDetails | None:
     last4 = number[-4:]
     if source.get("type") not in {"creditcard", "token", "applepay", "samsungpay"} or not last4.isdigit():
         return None
-    return CardDetails(brand=str(source.get("company") or "card").lower(), last4=last4,
-                       exp_month=_int_or_none(source.get("month")), exp_year=_int_or_none(source.get("year")),
-                       token=_str_or_none(source.get("token")))
+    return CardDetails(
+        brand=str(source.get("company") or "card").lower(),
+        last4=last4,
+        exp_month=_int_or_none(source.get("month")),
+        exp_year=_int_or_none(source.get("year")),
+        token=_str_or_none(source.get("token")),
+    )
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -60,7 +60,12 @@ from emanet.providers.base import (
 log = structlog.get_logger("emanet.providers.paytabs")
 
 STATUSES: dict[str, PaymentStatus] = {
-    "A": "succeeded", "H": "processing", "P": "processing", "V": "cancelled", "E": "failed", "D": "failed",
+    "A": "succeeded",
+    "H": "processing",
+    "P": "processing",
+    "V": "cancelled",
+    "E": "failed",
+    "D": "failed",
     "X": "cancelled",
 }
 # Our method -> PayTabs ``payment_methods`` value on the hosted page.
@@ -95,14 +100,23 @@ class PaytabsProvider(PaymentProvider):
         if req.saved_card_token:
             raise UnsupportedOperation("PayTabs saved-card charges are not supported by Emanet")
         body: dict[str, Any] = {
-            "profile_id": self._profile_id(), "tran_type": "sale", "tran_class": "ecom",
-            "cart_id": req.payment_id, "cart_description": req.description, "cart_currency": req.currency,
-            "cart_amount": _decimal(req.amount, req.currency), "callback": self._ipn_url(),
-            "return": req.return_url, "hide_shipping": True, "payment_methods": [PAGE_METHODS[req.method]],
+            "profile_id": self._profile_id(),
+            "tran_type": "sale",
+            "tran_class": "ecom",
+            "cart_id": req.payment_id,
+            "cart_description": req.description,
+            "cart_currency": req.currency,
+            "cart_amount": _decimal(req.amount, req.currency),
+            "callback": self._ipn_url(),
+            "return": req.return_url,
+            "hide_shipping": True,
+            "payment_methods": [PAGE_METHODS[req.method]],
             "paypage_lang": "ar" if req.country == "SA" else "en",
             "customer_details": {
-                "name": req.customer.name or "", "email": req.customer.email or "",
-                "phone": req.customer.phone or "", "ip": req.metadata.get("payer_ip", ""),
+                "name": req.customer.name or "",
+                "email": req.customer.email or "",
+                "phone": req.customer.phone or "",
+                "ip": req.metadata.get("payer_ip", ""),
                 "country": req.country or "",
             },
         }
@@ -112,14 +126,22 @@ class PaytabsProvider(PaymentProvider):
         if not page.get("tran_ref") or not page.get("redirect_url"):
             raise ProviderError("PayTabs created a payment page without a reference or URL")
         log.info("paytabs_page_created", payment_id=req.payment_id, tran_ref=page["tran_ref"])
-        return ProviderPayment(reference=str(page["tran_ref"]), status="requires_action", amount=req.amount,
-                               currency=req.currency,
-                               next_action=NextAction(type="redirect", url=str(page["redirect_url"])),
-                               raw=page)
+        return ProviderPayment(
+            reference=str(page["tran_ref"]),
+            status="requires_action",
+            amount=req.amount,
+            currency=req.currency,
+            next_action=NextAction(type="redirect", url=str(page["redirect_url"])),
+            raw=page,
+        )
 
     async def get_payment(self, reference: str) -> ProviderPayment:
-        result = await self._post("/payment/query", {"profile_id": self._profile_id(), "tran_ref": reference},
-                                  idempotent=True, what="transaction query")
+        result = await self._post(
+            "/payment/query",
+            {"profile_id": self._profile_id(), "tran_ref": reference},
+            idempotent=True,
+            what="transaction query",
+        )
         return _from_transaction(reference, result)
 
     async def complete_payment(self, reference: str, return_params: Mapping[str, str]) -> ProviderPayment:
@@ -132,25 +154,38 @@ class PaytabsProvider(PaymentProvider):
         return await self.get_payment(reference)
 
     # ------------------------------------------------------------------------------------------ refunds
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         body = {
-            "profile_id": self._profile_id(), "tran_type": "refund", "tran_class": "ecom",
-            "cart_id": idempotency_key, "cart_currency": currency, "cart_amount": _decimal(amount, currency),
-            "cart_description": f"Refund of {reference}", "tran_ref": reference,
+            "profile_id": self._profile_id(),
+            "tran_type": "refund",
+            "tran_class": "ecom",
+            "cart_id": idempotency_key,
+            "cart_currency": currency,
+            "cart_amount": _decimal(amount, currency),
+            "cart_description": f"Refund of {reference}",
+            "tran_ref": reference,
         }
         result = await self._post("/payment/request", body, idempotent=False, what="refund")
         outcome = _mapping(result.get("payment_result"))
         if outcome.get("response_status") != "A":
-            raise ProviderDeclined(f"PayTabs refused the refund: {outcome.get('response_message')}",
-                                   decline_code=str(outcome.get("response_code") or "refund_declined"))
+            raise ProviderDeclined(
+                f"PayTabs refused the refund: {outcome.get('response_message')}",
+                decline_code=str(outcome.get("response_code") or "refund_declined"),
+            )
         log.info("paytabs_refunded", reference=reference, amount=amount, refund_ref=result.get("tran_ref"))
-        return ProviderRefund(reference=str(result.get("tran_ref") or idempotency_key), status="succeeded",
-                              amount=amount, raw=result)
+        return ProviderRefund(
+            reference=str(result.get("tran_ref") or idempotency_key),
+            status="succeeded",
+            amount=amount,
+            raw=result,
+        )
 
     # ------------------------------------------------------------------------------------------ webhooks
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         self.check_remote_ip(remote_ip)
         if not constant_time_equals(self.ipn_signature(body), header(headers, "Signature")):
             raise InvalidWebhookSignature("PayTabs IPN signature does not match")
@@ -168,36 +203,58 @@ class PaytabsProvider(PaymentProvider):
         if tran_type == "refund":
             currency = str(result.get("tran_currency") or result.get("cart_currency") or "")
             return WebhookEvent(
-                event_id=event_id, type="refund", kind="refund",
+                event_id=event_id,
+                type="refund",
+                kind="refund",
                 status="succeeded" if response_status == "A" else "failed",
-                refund_reference=tran_ref, payment_reference=_str_or_none(result.get("previous_tran_ref")),
+                refund_reference=tran_ref,
+                payment_reference=_str_or_none(result.get("previous_tran_ref")),
                 amount=_minor_units(result.get("cart_amount"), currency) if currency else None,
-                currency=currency or None, failure_message=_str_or_none(outcome.get("response_message")),
+                currency=currency or None,
+                failure_message=_str_or_none(outcome.get("response_message")),
                 raw=result,
             )
         if tran_type not in {"sale", "auth"}:
             return WebhookEvent(event_id=event_id, type=tran_type or "unknown", raw=result)
         payment = _from_transaction(tran_ref, result)
         return WebhookEvent(
-            event_id=event_id, type=tran_type, kind="payment", status=payment.status,
-            payment_reference=tran_ref, amount=payment.amount, currency=payment.currency,
-            failure_code=payment.failure_code, failure_message=payment.failure_message, card=payment.card,
+            event_id=event_id,
+            type=tran_type,
+            kind="payment",
+            status=payment.status,
+            payment_reference=tran_ref,
+            amount=payment.amount,
+            currency=payment.currency,
+            failure_code=payment.failure_code,
+            failure_message=payment.failure_message,
+            card=payment.card,
             raw=result,
         )
 
     # ------------------------------------------------------------------------------------------ internals
-    async def _post(self, path: str, body: Mapping[str, Any], *, idempotent: bool,
-                    what: str) -> dict[str, Any]:
+    async def _post(
+        self, path: str, body: Mapping[str, Any], *, idempotent: bool, what: str
+    ) -> dict[str, Any]:
         headers = {"authorization": self._server_key(), "content-type": "application/json"}
-        async with http.provider_client(self.settings, self.settings.paytabs_api_base,
-                                        headers=headers) as client:
-            response = await http.request(client, "PayTabs", self.settings, "POST", path,
-                                          content=_json_with_exact_decimals(body), idempotent=idempotent)
+        async with http.provider_client(
+            self.settings, self.settings.paytabs_api_base, headers=headers
+        ) as client:
+            response = await http.request(
+                client,
+                "PayTabs",
+                self.settings,
+                "POST",
+                path,
+                content=_json_with_exact_decimals(body),
+                idempotent=idempotent,
+            )
         answer = _json_object(response)
         if response.status_code >= 400:
             reason = answer.get("message") or f"HTTP {response.status_code}"
-            raise ProviderDeclined(f"PayTabs refused the {what}: {reason}",
-                                   decline_code=str(answer.get("code") or f"http_{response.status_code}"))
+            raise ProviderDeclined(
+                f"PayTabs refused the {what}: {reason}",
+                decline_code=str(answer.get("code") or f"http_{response.status_code}"),
+            )
         if not answer:
             raise ProviderError(f"PayTabs answered the {what} with something that is not a JSON object")
         return answer
@@ -223,10 +280,14 @@ def _from_transaction(reference: str, result: Mapping[str, Any]) -> ProviderPaym
         amount = _minor_units(result["cart_amount"], currency)
     failed = status == "failed"
     return ProviderPayment(
-        reference=reference, status=status, amount=amount, currency=currency or None,
+        reference=reference,
+        status=status,
+        amount=amount,
+        currency=currency or None,
         failure_code=str(outcome.get("response_code") or response_status) if failed else None,
         failure_message=_str_or_none(outcome.get("response_message")) if failed else None,
-        card=_card(result), raw=dict(result),
+        card=_card(result),
+        raw=dict(result),
     )
 
 
@@ -235,9 +296,13 @@ def _card(result: Mapping[str, Any]) -> CardDetails | None:
     last4 = str(info.get("payment_description") or "")[-4:]
     if not last4.isdigit():
         return None
-    return CardDetails(brand=str(info.get("card_scheme") or "card").lower(), last4=last4,
-                       exp_month=_int_or_none(info.get("expiryMonth")),
-                       exp_year=_int_or_none(info.get("expiryYear")), token=_str_or_none(result.get("token")))
+    return CardDetails(
+        brand=str(info.get("card_scheme") or "card").lower(),
+        last4=last4,
+        exp_month=_int_or_none(info.get("expiryMonth")),
+        exp_year=_int_or_none(info.get("expiryYear")),
+        token=_str_or_none(result.get("token")),
+    )
 
 
 def _json_with_exact_decimals(payload: Mapping[str, Any]) -> bytes:

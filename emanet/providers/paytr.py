@@ -91,76 +91,129 @@ class PaytrProvider(PaymentProvider):
             raise UnsupportedOperation("PayTR saved-card charges are not supported by Emanet")
         user_ip = req.metadata.get("payer_ip")
         if not user_ip or not req.customer.email:
-            raise ProviderDeclined("PayTR needs the payer's IP address and e-mail",
-                                   decline_code="missing_payer_details")
+            raise ProviderDeclined(
+                "PayTR needs the payer's IP address and e-mail", decline_code="missing_payer_details"
+            )
         merchant_id = self._merchant_id()
         merchant_oid = merchant_order_id(req.payment_id)
         basket = json.dumps([[req.description, _decimal_string(req.amount, req.currency), 1]])
         fields = {
-            "merchant_id": merchant_id, "user_ip": user_ip, "merchant_oid": merchant_oid,
-            "email": req.customer.email, "payment_amount": str(req.amount),
+            "merchant_id": merchant_id,
+            "user_ip": user_ip,
+            "merchant_oid": merchant_oid,
+            "email": req.customer.email,
+            "payment_amount": str(req.amount),
             "user_basket": base64.b64encode(basket.encode()).decode("ascii"),
-            "no_installment": "1", "max_installment": "0", "currency": WIRE_CURRENCY[req.currency],
+            "no_installment": "1",
+            "max_installment": "0",
+            "currency": WIRE_CURRENCY[req.currency],
             "test_mode": "1" if self.settings.paytr_test_mode else "0",
         }
-        fields["paytr_token"] = self.sign(*(fields[k] for k in (
-            "merchant_id", "user_ip", "merchant_oid", "email", "payment_amount", "user_basket",
-            "no_installment", "max_installment", "currency", "test_mode")), self._salt())
-        fields.update({
-            "user_name": req.customer.name or req.customer.email, "user_address": "-",
-            "user_phone": req.customer.phone or "-", "merchant_ok_url": req.return_url,
-            "merchant_fail_url": req.return_url, "timeout_limit": str(PAYMENT_WINDOW_MINUTES),
-            "debug_on": "0", "lang": "tr" if (req.country or "TR") == "TR" else "en",
-        })
+        fields["paytr_token"] = self.sign(
+            *(
+                fields[k]
+                for k in (
+                    "merchant_id",
+                    "user_ip",
+                    "merchant_oid",
+                    "email",
+                    "payment_amount",
+                    "user_basket",
+                    "no_installment",
+                    "max_installment",
+                    "currency",
+                    "test_mode",
+                )
+            ),
+            self._salt(),
+        )
+        fields.update(
+            {
+                "user_name": req.customer.name or req.customer.email,
+                "user_address": "-",
+                "user_phone": req.customer.phone or "-",
+                "merchant_ok_url": req.return_url,
+                "merchant_fail_url": req.return_url,
+                "timeout_limit": str(PAYMENT_WINDOW_MINUTES),
+                "debug_on": "0",
+                "lang": "tr" if (req.country or "TR") == "TR" else "en",
+            }
+        )
         answer = await self._post("/odeme/api/get-token", fields, idempotent=False, what="iFrame token")
         if answer.get("status") != "success" or not answer.get("token"):
-            raise ProviderDeclined(f"PayTR refused the payment: {answer.get('reason') or answer}",
-                                   decline_code="token_refused")
+            raise ProviderDeclined(
+                f"PayTR refused the payment: {answer.get('reason') or answer}", decline_code="token_refused"
+            )
         log.info("paytr_token_issued", payment_id=req.payment_id, merchant_oid=merchant_oid)
         frame = f"{self._base()}/odeme/guvenli/{answer['token']}"
-        return ProviderPayment(reference=merchant_oid, status="requires_action", amount=req.amount,
-                               currency=req.currency, next_action=NextAction(type="iframe", url=frame),
-                               raw={"status": "success"})
+        return ProviderPayment(
+            reference=merchant_oid,
+            status="requires_action",
+            amount=req.amount,
+            currency=req.currency,
+            next_action=NextAction(type="iframe", url=frame),
+            raw={"status": "success"},
+        )
 
     async def get_payment(self, reference: str) -> ProviderPayment:
         merchant_id = self._merchant_id()
-        fields = {"merchant_id": merchant_id, "merchant_oid": reference,
-                  "paytr_token": self.sign(merchant_id, reference, self._salt())}
+        fields = {
+            "merchant_id": merchant_id,
+            "merchant_oid": reference,
+            "paytr_token": self.sign(merchant_id, reference, self._salt()),
+        }
         answer = await self._post("/odeme/durum-sorgu", fields, idempotent=True, what="status query")
         if answer.get("status") != "success":
             # PayTR only reports completed payments here; a declined one is known from its callback.
-            return ProviderPayment(reference=reference, status="requires_action",
-                                   failure_message=str(answer.get("err_msg") or "") or None, raw=answer)
+            return ProviderPayment(
+                reference=reference,
+                status="requires_action",
+                failure_message=str(answer.get("err_msg") or "") or None,
+                raw=answer,
+            )
         currency = OUR_CURRENCY.get(str(answer.get("currency") or "TL"), "TRY")
         amount = _minor_units(answer.get("payment_amount"), currency)
-        refunded = sum(_minor_units(r.get("return_amount"), currency)
-                       for r in answer.get("returns") or [] if isinstance(r, dict))
+        refunded = sum(
+            _minor_units(r.get("return_amount"), currency)
+            for r in answer.get("returns") or []
+            if isinstance(r, dict)
+        )
         status: PaymentStatus = "succeeded"
         if refunded:
             status = "refunded" if refunded >= amount else "partially_refunded"
-        return ProviderPayment(reference=reference, status=status, amount=amount, currency=currency,
-                               raw=answer)
+        return ProviderPayment(
+            reference=reference, status=status, amount=amount, currency=currency, raw=answer
+        )
 
     # ------------------------------------------------------------------------------------------ refunds
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         merchant_id = self._merchant_id()
         return_amount = _decimal_string(amount, currency)
         reference_no = "".join(c for c in idempotency_key if c.isalnum())[:64]
-        fields = {"merchant_id": merchant_id, "merchant_oid": reference, "return_amount": return_amount,
-                  "reference_no": reference_no,
-                  "paytr_token": self.sign(merchant_id, reference, return_amount, self._salt())}
+        fields = {
+            "merchant_id": merchant_id,
+            "merchant_oid": reference,
+            "return_amount": return_amount,
+            "reference_no": reference_no,
+            "paytr_token": self.sign(merchant_id, reference, return_amount, self._salt()),
+        }
         answer = await self._post("/odeme/iade", fields, idempotent=False, what="refund")
         if answer.get("status") != "success":
-            raise ProviderDeclined(f"PayTR refused the refund: {answer.get('err_msg')}",
-                                   decline_code=str(answer.get("err_no") or "refund_refused"))
+            raise ProviderDeclined(
+                f"PayTR refused the refund: {answer.get('err_msg')}",
+                decline_code=str(answer.get("err_no") or "refund_refused"),
+            )
         log.info("paytr_refunded", reference=reference, amount=amount)
-        return ProviderRefund(reference=reference_no or reference, status="succeeded", amount=amount,
-                              raw=answer)
+        return ProviderRefund(
+            reference=reference_no or reference, status="succeeded", amount=amount, raw=answer
+        )
 
     # ------------------------------------------------------------------------------------------ webhooks
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         self.check_remote_ip(remote_ip)
         form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
         merchant_oid, status = form.get("merchant_oid", ""), form.get("status", "")
@@ -175,8 +228,13 @@ class PaytrProvider(PaymentProvider):
         paid = form.get("payment_amount") or form.get("total_amount", "")
         failed = ours == "failed"
         return WebhookEvent(
-            event_id=f"{merchant_oid}:{status}", type=status, kind="payment", status=ours,
-            payment_reference=merchant_oid, amount=int(paid) if paid.isdigit() else None, currency=currency,
+            event_id=f"{merchant_oid}:{status}",
+            type=status,
+            kind="payment",
+            status=ours,
+            payment_reference=merchant_oid,
+            amount=int(paid) if paid.isdigit() else None,
+            currency=currency,
             failure_code=(form.get("failed_reason_code") or None) if failed else None,
             failure_message=(form.get("failed_reason_msg") or None) if failed else None,
             raw=_safe(form),
@@ -187,15 +245,19 @@ class PaytrProvider(PaymentProvider):
         return WebhookReply(status_code=200, content="OK", media_type="text/plain")
 
     # ------------------------------------------------------------------------------------------ internals
-    async def _post(self, path: str, fields: Mapping[str, str], *, idempotent: bool,
-                    what: str) -> dict[str, Any]:
+    async def _post(
+        self, path: str, fields: Mapping[str, str], *, idempotent: bool, what: str
+    ) -> dict[str, Any]:
         async with http.provider_client(self.settings, self._base()) as client:
-            response = await http.request(client, "PayTR", self.settings, "POST", path, data=dict(fields),
-                                          idempotent=idempotent)
+            response = await http.request(
+                client, "PayTR", self.settings, "POST", path, data=dict(fields), idempotent=idempotent
+            )
         answer = _json_object(response)
         if response.status_code >= 400 and not answer:
-            raise ProviderDeclined(f"PayTR refused the {what} (HTTP {response.status_code})",
-                                   decline_code=f"http_{response.status_code}")
+            raise ProviderDeclined(
+                f"PayTR refused the {what} (HTTP {response.status_code})",
+                decline_code=f"http_{response.status_code}",
+            )
         if not answer:
             raise ProviderError(f"PayTR answered the {what} with something that is not a JSON object")
         return answer

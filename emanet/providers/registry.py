@@ -22,20 +22,26 @@ class ProviderSpec:
 
 # Order is the order providers are offered in for a method; the sandbox comes last.
 PROVIDERS: dict[str, ProviderSpec] = {
-    "jetcheckout": ProviderSpec("emanet.providers.jetcheckout:JetcheckoutProvider",
-                                ("jetcheckout_api_key", "jetcheckout_secret_key")),
+    "jetcheckout": ProviderSpec(
+        "emanet.providers.jetcheckout:JetcheckoutProvider", ("jetcheckout_api_key", "jetcheckout_secret_key")
+    ),
     "iyzico": ProviderSpec("emanet.providers.iyzico:IyzicoProvider", ("iyzico_api_key", "iyzico_secret_key")),
-    "paytr": ProviderSpec("emanet.providers.paytr:PaytrProvider",
-                          ("paytr_merchant_id", "paytr_merchant_key", "paytr_merchant_salt")),
+    "paytr": ProviderSpec(
+        "emanet.providers.paytr:PaytrProvider",
+        ("paytr_merchant_id", "paytr_merchant_key", "paytr_merchant_salt"),
+    ),
     "stripe": ProviderSpec("emanet.providers.stripe:StripeProvider", ("stripe_api_key",)),
-    "paypal": ProviderSpec("emanet.providers.paypal:PaypalProvider",
-                           ("paypal_client_id", "paypal_client_secret")),
-    "razorpay": ProviderSpec("emanet.providers.razorpay:RazorpayProvider",
-                             ("razorpay_key_id", "razorpay_key_secret")),
+    "paypal": ProviderSpec(
+        "emanet.providers.paypal:PaypalProvider", ("paypal_client_id", "paypal_client_secret")
+    ),
+    "razorpay": ProviderSpec(
+        "emanet.providers.razorpay:RazorpayProvider", ("razorpay_key_id", "razorpay_key_secret")
+    ),
     "paystack": ProviderSpec("emanet.providers.paystack:PaystackProvider", ("paystack_secret_key",)),
     "moyasar": ProviderSpec("emanet.providers.moyasar:MoyasarProvider", ("moyasar_secret_key",)),
-    "paytabs": ProviderSpec("emanet.providers.paytabs:PaytabsProvider",
-                            ("paytabs_profile_id", "paytabs_server_key")),
+    "paytabs": ProviderSpec(
+        "emanet.providers.paytabs:PaytabsProvider", ("paytabs_profile_id", "paytabs_server_key")
+    ),
     "sandbox": ProviderSpec("emanet.providers.sandbox:SandboxProvider", ()),
 }
 

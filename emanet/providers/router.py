@@ -16,8 +16,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from emanet.providers.sandbox import CheckoutView, SandboxProvider
 
 router = APIRouter(tags=["sandbox"])
-templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                        autoescape=select_autoescape(["html"]))
+templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
+)
 
 # The page is a test tool served to browsers; keep it out of caches and frames of other sites.
 _PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
@@ -33,16 +34,25 @@ def _page(view: CheckoutView) -> HTMLResponse:
     return HTMLResponse(html, status_code=code, headers=_PAGE_HEADERS)
 
 
-@router.get("/sandbox/checkout/{reference}", response_class=HTMLResponse, response_model=None,
-            summary="The sandbox provider's hosted checkout page (test cards, 3-D Secure step)")
+@router.get(
+    "/sandbox/checkout/{reference}",
+    response_class=HTMLResponse,
+    response_model=None,
+    summary="The sandbox provider's hosted checkout page (test cards, 3-D Secure step)",
+)
 async def checkout_page(reference: str, request: Request) -> HTMLResponse:
     return _page(await _provider(request).checkout_view(reference))
 
 
-@router.post("/sandbox/checkout/{reference}", response_class=HTMLResponse, response_model=None,
-             summary="Submit the sandbox card form or its 3-D Secure code")
+@router.post(
+    "/sandbox/checkout/{reference}",
+    response_class=HTMLResponse,
+    response_model=None,
+    summary="Submit the sandbox card form or its 3-D Secure code",
+)
 async def submit_checkout(
-    reference: str, request: Request,
+    reference: str,
+    request: Request,
     step: Annotated[str, Form()] = "card",
     card_number: Annotated[str, Form()] = "",
     expiry: Annotated[str, Form()] = "",

@@ -192,8 +192,11 @@ class CheckoutResult:
 
 def _return_url(charge: SandboxCharge) -> str:
     parts = urlsplit(charge.return_url)
-    query = [*parse_qsl(parts.query, keep_blank_values=True),
-             ("payment_id", charge.payment_id), ("status", charge.status)]
+    query = [
+        *parse_qsl(parts.query, keep_blank_values=True),
+        ("payment_id", charge.payment_id),
+        ("status", charge.status),
+    ]
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -204,9 +207,14 @@ def _view(charge: SandboxCharge, error: str | None = None) -> CheckoutView:
         step = "three_d_secure" if charge.three_d_secure_pending else "card"
     card = f"{charge.card_brand} •••• {charge.card_last4}" if charge.card_last4 else None
     return CheckoutView(
-        reference=charge.id, payment_id=charge.payment_id,
-        amount=format_amount(charge.amount, charge.currency), description=charge.description, step=step,
-        status=charge.status, card=card, error=error,
+        reference=charge.id,
+        payment_id=charge.payment_id,
+        amount=format_amount(charge.amount, charge.currency),
+        description=charge.description,
+        step=step,
+        status=charge.status,
+        card=card,
+        error=error,
         return_to=_return_url(charge) if step == "done" else None,
     )
 
@@ -233,8 +241,9 @@ class SandboxProvider(PaymentProvider):
         if req.amount <= 0:
             raise ProviderDeclined("The amount must be positive", decline_code="invalid_amount")
         if not self.supports_currency(req.currency):
-            raise ProviderDeclined(f"Currency {req.currency} is not supported",
-                                   decline_code="invalid_currency")
+            raise ProviderDeclined(
+                f"Currency {req.currency} is not supported", decline_code="invalid_currency"
+            )
         if urlsplit(req.return_url).scheme not in ("http", "https"):
             raise ProviderDeclined("The return URL must be http(s)", decline_code="invalid_return_url")
         try:
@@ -259,15 +268,24 @@ class SandboxProvider(PaymentProvider):
 
     async def _charge_by_payment_id(self, session: AsyncSession, payment_id: str) -> SandboxCharge | None:
         charge: SandboxCharge | None = await session.scalar(
-            select(SandboxCharge).where(SandboxCharge.payment_id == payment_id))
+            select(SandboxCharge).where(SandboxCharge.payment_id == payment_id)
+        )
         return charge
 
     async def _new_charge(self, session: AsyncSession, req: CreatePayment) -> SandboxCharge:
         charge = SandboxCharge(
-            id=new_id("ch_sandbox"), payment_id=req.payment_id, amount=req.amount, currency=req.currency,
-            description=req.description[:500], return_url=req.return_url, status="requires_action",
-            save_card=req.save_card, metadata_=dict(req.metadata), three_d_secure_pending=False,
-            fee=0, refunded_amount=0,
+            id=new_id("ch_sandbox"),
+            payment_id=req.payment_id,
+            amount=req.amount,
+            currency=req.currency,
+            description=req.description[:500],
+            return_url=req.return_url,
+            status="requires_action",
+            save_card=req.save_card,
+            metadata_=dict(req.metadata),
+            three_d_secure_pending=False,
+            fee=0,
+            refunded_amount=0,
         )
         if req.saved_card_token:
             card = await session.get(SandboxCard, req.saved_card_token)
@@ -294,10 +312,15 @@ class SandboxProvider(PaymentProvider):
             base = self.settings.public_url.rstrip("/")
             next_action = NextAction(type="redirect", url=f"{base}/sandbox/checkout/{charge.id}")
         return ProviderPayment(
-            reference=charge.id, status=charge.status,  # type: ignore[arg-type]
-            amount=charge.amount, currency=charge.currency, next_action=next_action,
-            failure_code=charge.failure_code, failure_message=charge.failure_message,
-            card=_card(charge), fee=charge.fee if charge.succeeded_at is not None else None,
+            reference=charge.id,
+            status=charge.status,  # type: ignore[arg-type]
+            amount=charge.amount,
+            currency=charge.currency,
+            next_action=next_action,
+            failure_code=charge.failure_code,
+            failure_message=charge.failure_message,
+            card=_card(charge),
+            fee=charge.fee if charge.succeeded_at is not None else None,
             raw=_charge_data(charge),
         )
 
@@ -319,8 +342,11 @@ class SandboxProvider(PaymentProvider):
             charge = await self._locked_charge(session, reference)
             if charge.status != "requires_action" or charge.three_d_secure_pending:
                 # Submitted twice (double click, back button): show where it stands.
-                return CheckoutResult(redirect_to=_return_url(charge) if charge.status != "requires_action"
-                                      else f"/sandbox/checkout/{charge.id}")
+                return CheckoutResult(
+                    redirect_to=_return_url(charge)
+                    if charge.status != "requires_action"
+                    else f"/sandbox/checkout/{charge.id}"
+                )
             charge.card_brand, charge.card_last4 = card.brand, card.last4
             charge.card_exp_month, charge.card_exp_year = card.exp_month, card.exp_year
             if card.last4 == _THREE_D_SECURE_LAST4:
@@ -334,8 +360,11 @@ class SandboxProvider(PaymentProvider):
         async with self.db.transaction() as session:
             charge = await self._locked_charge(session, reference)
             if charge.status != "requires_action" or not charge.three_d_secure_pending:
-                return CheckoutResult(redirect_to=_return_url(charge) if charge.status != "requires_action"
-                                      else f"/sandbox/checkout/{charge.id}")
+                return CheckoutResult(
+                    redirect_to=_return_url(charge)
+                    if charge.status != "requires_action"
+                    else f"/sandbox/checkout/{charge.id}"
+                )
             charge.three_d_secure_pending = False
             passed = constant_time_equals(THREE_D_SECURE_CODE, code.strip())
             await self._decide(session, charge, failure=None if passed else _THREE_D_SECURE_FAILED)
@@ -351,13 +380,15 @@ class SandboxProvider(PaymentProvider):
 
     async def _locked_charge(self, session: AsyncSession, reference: str) -> SandboxCharge:
         charge = await session.scalar(
-            select(SandboxCharge).where(SandboxCharge.id == reference).with_for_update())
+            select(SandboxCharge).where(SandboxCharge.id == reference).with_for_update()
+        )
         if charge is None:
             raise NotFound("No such sandbox checkout")
         return charge
 
-    async def _decide(self, session: AsyncSession, charge: SandboxCharge,
-                      failure: tuple[str, str] | None = None) -> None:
+    async def _decide(
+        self, session: AsyncSession, charge: SandboxCharge, failure: tuple[str, str] | None = None
+    ) -> None:
         """Settle a charge whose card is known: the decline table first, then ``failure``, else success."""
         failure = _DECLINES.get(charge.card_last4 or "") or failure
         if failure:
@@ -368,14 +399,23 @@ class SandboxProvider(PaymentProvider):
             charge.fee = percentage_of(charge.amount, FEE_BASIS_POINTS)
             charge.succeeded_at = clock.now()
             if charge.save_card and charge.card_token is None:
-                token = SandboxCard(token=new_id("tok_sandbox"), brand=charge.card_brand or "unknown",
-                                    last4=charge.card_last4 or "", exp_month=charge.card_exp_month or 0,
-                                    exp_year=charge.card_exp_year or 0)
+                token = SandboxCard(
+                    token=new_id("tok_sandbox"),
+                    brand=charge.card_brand or "unknown",
+                    last4=charge.card_last4 or "",
+                    exp_month=charge.card_exp_month or 0,
+                    exp_year=charge.card_exp_year or 0,
+                )
                 session.add(token)
                 await session.flush()
                 charge.card_token = token.token
-        log.info("sandbox_payment_decided", reference=charge.id, payment_id=charge.payment_id,
-                 status=charge.status, failure_code=charge.failure_code)
+        log.info(
+            "sandbox_payment_decided",
+            reference=charge.id,
+            payment_id=charge.payment_id,
+            status=charge.status,
+            failure_code=charge.failure_code,
+        )
 
     async def _announce_after_checkout(self, charge: SandboxCharge) -> None:
         """Call the merchant's webhook now (the browser waits for it, as with real hosted pages); if that
@@ -396,13 +436,25 @@ class SandboxProvider(PaymentProvider):
         """POST one signed event to the merchant; raises unless it answers 2xx."""
         now = clock.now()
         signature = Webhook(self.settings.sandbox_webhook_secret).sign(msg_id, now, body)
-        headers = {"webhook-id": msg_id, "webhook-timestamp": str(math.floor(now.timestamp())),
-                   "webhook-signature": signature, "content-type": "application/json"}
+        headers = {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(math.floor(now.timestamp())),
+            "webhook-signature": signature,
+            "content-type": "application/json",
+        }
         url = self.callback_url()
         async with provider_client(self.settings, url) as client:
             # One attempt: retries are the delivery job's, with the worker's backoff.
-            response = await request(client, "sandbox", self.settings, "POST", url, idempotent=False,
-                                     content=body.encode(), headers=headers)
+            response = await request(
+                client,
+                "sandbox",
+                self.settings,
+                "POST",
+                url,
+                idempotent=False,
+                content=body.encode(),
+                headers=headers,
+            )
         if not response.is_success:
             raise WebhookDeliveryFailed(f"{url} answered {response.status_code}")
         log.info("sandbox_webhook_delivered", msg_id=msg_id, status_code=response.status_code)
@@ -411,8 +463,9 @@ class SandboxProvider(PaymentProvider):
         await enqueue(session, DELIVER_WEBHOOK_JOB, {"msg_id": msg_id, "body": body})
 
     # ---- webhooks in
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         """Standard Webhooks verification: ``v1`` HMAC-SHA256 over ``{id}.{timestamp}.{body}`` computed with
         ``standardwebhooks.Webhook.sign``, compared in constant time, and the timestamp checked against
         ``emanet.core.clock`` (the library's ``verify`` reads the wall clock, which tests freeze)."""
@@ -429,7 +482,8 @@ class SandboxProvider(PaymentProvider):
             raise InvalidWebhookSignature("Malformed webhook timestamp or body") from exc
         self.check_timestamp(signed_at)
         expected = Webhook(self.settings.sandbox_webhook_secret).sign(
-            msg_id, datetime.fromtimestamp(signed_at, UTC), text)
+            msg_id, datetime.fromtimestamp(signed_at, UTC), text
+        )
         expected_bytes = base64.b64decode(expected.split(",", 1)[1])
         if not any(_matches_v1(candidate, expected_bytes) for candidate in signatures.split()):
             raise InvalidWebhookSignature("No matching webhook signature")
@@ -440,32 +494,45 @@ class SandboxProvider(PaymentProvider):
             raise InvalidWebhookSignature("The webhook body is not a sandbox event") from exc
 
     # ---- refunds
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         async with self.db.transaction() as session:
             charge = await session.scalar(
-                select(SandboxCharge).where(SandboxCharge.id == reference).with_for_update())
+                select(SandboxCharge).where(SandboxCharge.id == reference).with_for_update()
+            )
             if charge is None:
                 raise ProviderDeclined(f"No sandbox payment {reference}", decline_code="resource_missing")
             existing = await session.scalar(
-                select(SandboxRefund).where(SandboxRefund.idempotency_key == idempotency_key))
+                select(SandboxRefund).where(SandboxRefund.idempotency_key == idempotency_key)
+            )
             if existing is not None:
                 if existing.charge_id != reference or existing.amount != amount:
-                    raise ProviderDeclined("The idempotency key was used for another refund",
-                                           decline_code="idempotency_key_reused")
+                    raise ProviderDeclined(
+                        "The idempotency key was used for another refund",
+                        decline_code="idempotency_key_reused",
+                    )
                 return _refund(existing)
             if charge.status not in ("succeeded", "partially_refunded"):
-                raise ProviderDeclined(f"A {charge.status} payment cannot be refunded",
-                                       decline_code="charge_not_refundable")
+                raise ProviderDeclined(
+                    f"A {charge.status} payment cannot be refunded", decline_code="charge_not_refundable"
+                )
             if currency != charge.currency:
-                raise ProviderDeclined("The refund currency differs from the payment's",
-                                       decline_code="currency_mismatch")
+                raise ProviderDeclined(
+                    "The refund currency differs from the payment's", decline_code="currency_mismatch"
+                )
             if not 0 < amount <= charge.amount - charge.refunded_amount:
-                raise ProviderDeclined("The refund amount exceeds what is left to refund",
-                                       decline_code="amount_too_large")
-            refund = SandboxRefund(id=new_id("re_sandbox"), charge_id=charge.id,
-                                   idempotency_key=idempotency_key, amount=amount, currency=currency,
-                                   status="succeeded")
+                raise ProviderDeclined(
+                    "The refund amount exceeds what is left to refund", decline_code="amount_too_large"
+                )
+            refund = SandboxRefund(
+                id=new_id("re_sandbox"),
+                charge_id=charge.id,
+                idempotency_key=idempotency_key,
+                amount=amount,
+                currency=currency,
+                status="succeeded",
+            )
             session.add(refund)
             charge.refunded_amount += amount
             charge.status = "refunded" if charge.refunded_amount == charge.amount else "partially_refunded"
@@ -474,8 +541,9 @@ class SandboxProvider(PaymentProvider):
         return _refund(refund)
 
     # ---- payouts
-    async def create_payout(self, payout_id: str, amount: int, currency: str,
-                            destination: PayoutDestination) -> ProviderPayout:
+    async def create_payout(
+        self, payout_id: str, amount: int, currency: str, destination: PayoutDestination
+    ) -> ProviderPayout:
         identifier = _destination_identifier(destination)
         if amount <= 0:
             raise ProviderDeclined("The payout amount must be positive", decline_code="invalid_amount")
@@ -488,9 +556,14 @@ class SandboxProvider(PaymentProvider):
                 if payout is None:
                     settles_at = clock.now() + timedelta(seconds=self.settings.sandbox_payout_settle_seconds)
                     payout = SandboxPayout(
-                        id=new_id("po_sandbox"), payout_id=payout_id, amount=amount, currency=currency,
+                        id=new_id("po_sandbox"),
+                        payout_id=payout_id,
+                        amount=amount,
+                        currency=currency,
                         destination_type=str(destination.get("type") or "bank_account")[:20],
-                        destination_last4=identifier[-4:], status="processing", settles_at=settles_at,
+                        destination_last4=identifier[-4:],
+                        status="processing",
+                        settles_at=settles_at,
                     )
                     session.add(payout)
                     await session.flush()
@@ -510,7 +583,8 @@ class SandboxProvider(PaymentProvider):
         with ``force``). Safe to run twice."""
         async with self.db.transaction() as session:
             payout = await session.scalar(
-                select(SandboxPayout).where(SandboxPayout.id == reference).with_for_update())
+                select(SandboxPayout).where(SandboxPayout.id == reference).with_for_update()
+            )
             if payout is None:
                 raise ProviderDeclined(f"No sandbox payout {reference}", decline_code="resource_missing")
             if payout.status == "processing" and (force or clock.now() >= payout.settles_at):
@@ -528,19 +602,39 @@ class SandboxProvider(PaymentProvider):
         start = datetime.combine(day, time.min, UTC)
         end = start + timedelta(days=1)
         async with self.db.transaction() as session:
-            charges = (await session.scalars(select(SandboxCharge).where(
-                SandboxCharge.succeeded_at >= start, SandboxCharge.succeeded_at < end))).all()
-            refunds = (await session.scalars(select(SandboxRefund).where(
-                SandboxRefund.status == "succeeded", SandboxRefund.created_at >= start,
-                SandboxRefund.created_at < end))).all()
-            payouts = (await session.scalars(select(SandboxPayout).where(
-                SandboxPayout.status == "paid", SandboxPayout.settled_at >= start,
-                SandboxPayout.settled_at < end))).all()
-        records = [SettlementRecord(c.id, "payment", c.amount, c.currency, c.fee, c.succeeded_at or start)
-                   for c in charges]
+            charges = (
+                await session.scalars(
+                    select(SandboxCharge).where(
+                        SandboxCharge.succeeded_at >= start, SandboxCharge.succeeded_at < end
+                    )
+                )
+            ).all()
+            refunds = (
+                await session.scalars(
+                    select(SandboxRefund).where(
+                        SandboxRefund.status == "succeeded",
+                        SandboxRefund.created_at >= start,
+                        SandboxRefund.created_at < end,
+                    )
+                )
+            ).all()
+            payouts = (
+                await session.scalars(
+                    select(SandboxPayout).where(
+                        SandboxPayout.status == "paid",
+                        SandboxPayout.settled_at >= start,
+                        SandboxPayout.settled_at < end,
+                    )
+                )
+            ).all()
+        records = [
+            SettlementRecord(c.id, "payment", c.amount, c.currency, c.fee, c.succeeded_at or start)
+            for c in charges
+        ]
         records += [SettlementRecord(r.id, "refund", r.amount, r.currency, 0, r.created_at) for r in refunds]
-        records += [SettlementRecord(p.id, "payout", p.amount, p.currency, 0, p.settled_at or start)
-                    for p in payouts]
+        records += [
+            SettlementRecord(p.id, "payout", p.amount, p.currency, 0, p.settled_at or start) for p in payouts
+        ]
         return sorted(records, key=lambda record: (record.occurred_at, record.reference))
 
 
@@ -552,21 +646,37 @@ class WebhookDeliveryFailed(Exception):
 def _card(charge: SandboxCharge) -> CardDetails | None:
     if not charge.card_last4:
         return None
-    return CardDetails(brand=charge.card_brand or "unknown", last4=charge.card_last4,
-                       exp_month=charge.card_exp_month, exp_year=charge.card_exp_year,
-                       token=charge.card_token)
+    return CardDetails(
+        brand=charge.card_brand or "unknown",
+        last4=charge.card_last4,
+        exp_month=charge.card_exp_month,
+        exp_year=charge.card_exp_year,
+        token=charge.card_token,
+    )
 
 
 def _charge_data(charge: SandboxCharge) -> dict[str, Any]:
     card = _card(charge)
     return {
-        "object": "charge", "reference": charge.id, "payment_id": charge.payment_id,
-        "amount": charge.amount, "currency": charge.currency, "status": charge.status,
-        "failure_code": charge.failure_code, "failure_message": charge.failure_message, "fee": charge.fee,
+        "object": "charge",
+        "reference": charge.id,
+        "payment_id": charge.payment_id,
+        "amount": charge.amount,
+        "currency": charge.currency,
+        "status": charge.status,
+        "failure_code": charge.failure_code,
+        "failure_message": charge.failure_message,
+        "fee": charge.fee,
         "refunded_amount": charge.refunded_amount,
-        "card": None if card is None else {"brand": card.brand, "last4": card.last4,
-                                           "exp_month": card.exp_month, "exp_year": card.exp_year,
-                                           "token": card.token},
+        "card": None
+        if card is None
+        else {
+            "brand": card.brand,
+            "last4": card.last4,
+            "exp_month": card.exp_month,
+            "exp_year": card.exp_year,
+            "token": card.token,
+        },
     }
 
 
@@ -580,15 +690,28 @@ def _payment_event(charge: SandboxCharge) -> tuple[str, str]:
 
 
 def _refund_event(refund: SandboxRefund, charge: SandboxCharge) -> tuple[str, str]:
-    data = {"object": "refund", "reference": refund.id, "charge": charge.id, "payment_id": charge.payment_id,
-            "amount": refund.amount, "currency": refund.currency, "status": refund.status}
+    data = {
+        "object": "refund",
+        "reference": refund.id,
+        "charge": charge.id,
+        "payment_id": charge.payment_id,
+        "amount": refund.amount,
+        "currency": refund.currency,
+        "status": refund.status,
+    }
     return f"msg_{refund.id}_{refund.status}", _event_body("refund.succeeded", data)
 
 
 def _payout_event(payout: SandboxPayout) -> tuple[str, str]:
-    data = {"object": "payout", "reference": payout.id, "payout_id": payout.payout_id,
-            "amount": payout.amount, "currency": payout.currency, "status": payout.status,
-            "failure_message": payout.failure_message}
+    data = {
+        "object": "payout",
+        "reference": payout.id,
+        "payout_id": payout.payout_id,
+        "amount": payout.amount,
+        "currency": payout.currency,
+        "status": payout.status,
+        "failure_message": payout.failure_message,
+    }
     return f"msg_{payout.id}_{payout.status}", _event_body(f"payout.{payout.status}", data)
 
 
@@ -606,34 +729,66 @@ def _matches_v1(candidate: str, expected: bytes) -> bool:
 def _parse_event(msg_id: str, event: dict[str, Any]) -> WebhookEvent:
     event_type = str(event["type"])
     data: dict[str, Any] = event["data"]
-    common: dict[str, Any] = {"event_id": msg_id, "type": event_type, "raw": event,
-                              "amount": data.get("amount"), "currency": data.get("currency")}
+    common: dict[str, Any] = {
+        "event_id": msg_id,
+        "type": event_type,
+        "raw": event,
+        "amount": data.get("amount"),
+        "currency": data.get("currency"),
+    }
     if event_type in ("payment.succeeded", "payment.failed"):
         card = data.get("card")
         return WebhookEvent(
-            **common, kind="payment", status=event_type.split(".")[1], payment_reference=data["reference"],
-            failure_code=data.get("failure_code"), failure_message=data.get("failure_message"),
+            **common,
+            kind="payment",
+            status=event_type.split(".")[1],
+            payment_reference=data["reference"],
+            failure_code=data.get("failure_code"),
+            failure_message=data.get("failure_message"),
             card=CardDetails(**card) if card else None,
         )
     if event_type == "refund.succeeded":
-        return WebhookEvent(**common, kind="refund", status="succeeded", refund_reference=data["reference"],
-                            payment_reference=data["charge"])
+        return WebhookEvent(
+            **common,
+            kind="refund",
+            status="succeeded",
+            refund_reference=data["reference"],
+            payment_reference=data["charge"],
+        )
     if event_type in ("payout.paid", "payout.failed"):
-        return WebhookEvent(**common, kind="payout", status=event_type.split(".")[1],
-                            payout_reference=data["reference"], failure_message=data.get("failure_message"))
+        return WebhookEvent(
+            **common,
+            kind="payout",
+            status=event_type.split(".")[1],
+            payout_reference=data["reference"],
+            failure_message=data.get("failure_message"),
+        )
     return WebhookEvent(**common)
 
 
 def _refund(refund: SandboxRefund) -> ProviderRefund:
-    return ProviderRefund(reference=refund.id, status=refund.status, amount=refund.amount,  # type: ignore[arg-type]
-                          raw={"object": "refund", "reference": refund.id, "charge": refund.charge_id})
+    return ProviderRefund(
+        reference=refund.id,
+        status=refund.status,  # type: ignore[arg-type]
+        amount=refund.amount,
+        raw={"object": "refund", "reference": refund.id, "charge": refund.charge_id},
+    )
 
 
 def _payout(payout: SandboxPayout) -> ProviderPayout:
-    return ProviderPayout(reference=payout.id, status=payout.status,  # type: ignore[arg-type]
-                          failure_message=payout.failure_message,
-                          raw={"object": "payout", "reference": payout.id, "payout_id": payout.payout_id,
-                               "amount": payout.amount, "currency": payout.currency, "status": payout.status})
+    return ProviderPayout(
+        reference=payout.id,
+        status=payout.status,  # type: ignore[arg-type]
+        failure_message=payout.failure_message,
+        raw={
+            "object": "payout",
+            "reference": payout.id,
+            "payout_id": payout.payout_id,
+            "amount": payout.amount,
+            "currency": payout.currency,
+            "status": payout.status,
+        },
+    )
 
 
 def _destination_identifier(destination: PayoutDestination) -> str:
@@ -641,8 +796,9 @@ def _destination_identifier(destination: PayoutDestination) -> str:
         value = destination.get(key)
         if isinstance(value, str) and value.strip():
             return re.sub(r"\s", "", value)
-    raise ProviderDeclined("The payout destination has no account identifier",
-                           decline_code="invalid_destination")
+    raise ProviderDeclined(
+        "The payout destination has no account identifier", decline_code="invalid_destination"
+    )
 
 
 # ------------------------------------------------------------------------------------- jobs

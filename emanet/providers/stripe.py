@@ -61,22 +61,64 @@ T = TypeVar("T")
 
 # Currencies whose Stripe "smallest unit" equals ISO 4217 minor units (Stripe's three-decimal currencies and
 # the special cases ISK/HUF/TWD/UGX are left out rather than converted).
-STRIPE_CURRENCIES = frozenset({
-    "USD", "EUR", "GBP", "TRY", "SAR", "AED", "INR", "JPY", "CHF", "CAD", "AUD", "NZD", "SEK", "NOK", "DKK",
-    "PLN", "CZK", "RON", "SGD", "HKD", "MXN", "BRL", "ZAR", "KRW", "EGP", "QAR", "ILS", "THB", "MYR", "PHP",
-    "IDR",
-})
+STRIPE_CURRENCIES = frozenset(
+    {
+        "USD",
+        "EUR",
+        "GBP",
+        "TRY",
+        "SAR",
+        "AED",
+        "INR",
+        "JPY",
+        "CHF",
+        "CAD",
+        "AUD",
+        "NZD",
+        "SEK",
+        "NOK",
+        "DKK",
+        "PLN",
+        "CZK",
+        "RON",
+        "SGD",
+        "HKD",
+        "MXN",
+        "BRL",
+        "ZAR",
+        "KRW",
+        "EGP",
+        "QAR",
+        "ILS",
+        "THB",
+        "MYR",
+        "PHP",
+        "IDR",
+    }
+)
 _PI_STATUS: dict[str, PaymentStatus] = {
-    "requires_payment_method": "requires_action", "requires_confirmation": "requires_action",
-    "requires_action": "requires_action", "processing": "processing", "requires_capture": "processing",
-    "succeeded": "succeeded", "canceled": "cancelled",
+    "requires_payment_method": "requires_action",
+    "requires_confirmation": "requires_action",
+    "requires_action": "requires_action",
+    "processing": "processing",
+    "requires_capture": "processing",
+    "succeeded": "succeeded",
+    "canceled": "cancelled",
 }
 _REFUND_STATUS: dict[str, RefundStatus] = {
-    "pending": "pending", "requires_action": "pending", "succeeded": "succeeded", "failed": "failed",
+    "pending": "pending",
+    "requires_action": "pending",
+    "succeeded": "succeeded",
+    "failed": "failed",
     "canceled": "failed",
 }
-_PAYMENT_EVENTS = {"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.processing",
-                   "payment_intent.canceled", "payment_intent.requires_action"}
+_PAYMENT_EVENTS = {
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.processing",
+    "payment_intent.canceled",
+    "payment_intent.requires_action",
+}
 _REFUND_EVENTS = {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
 _TRANSFER_EVENTS = {"transfer.created": "paid", "transfer.reversed": "failed"}
 
@@ -104,7 +146,8 @@ class StripeProvider(PaymentProvider):
         client = stripe.StripeClient(
             self.require(self.settings.stripe_api_key, "stripe_api_key"),
             base_addresses={"api": self.settings.stripe_api_base.rstrip("/")},
-            http_client=http_client, max_network_retries=0,  # retries are ours (with_retries)
+            http_client=http_client,
+            max_network_retries=0,  # retries are ours (with_retries)
         )
         try:
             yield client
@@ -114,8 +157,9 @@ class StripeProvider(PaymentProvider):
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Every call here is idempotent (GETs, and POSTs with an idempotency key)."""
         try:
-            return await with_retries("stripe", self.settings, operation, idempotent=True,
-                                      is_transient=_is_transient, what=what)
+            return await with_retries(
+                "stripe", self.settings, operation, idempotent=True, is_transient=_is_transient, what=what
+            )
         except stripe.CardError:
             raise
         except stripe.StripeError as exc:
@@ -124,62 +168,106 @@ class StripeProvider(PaymentProvider):
     # ---- payments
     async def create_payment(self, req: CreatePayment) -> ProviderPayment:
         if not self.supports_currency(req.currency):
-            raise ProviderDeclined(f"Stripe does not take {req.currency} here",
-                                   decline_code="invalid_currency")
+            raise ProviderDeclined(
+                f"Stripe does not take {req.currency} here", decline_code="invalid_currency"
+            )
         params: dict[str, Any] = {
-            "amount": req.amount, "currency": req.currency.lower(), "description": req.description[:1000],
+            "amount": req.amount,
+            "currency": req.currency.lower(),
+            "description": req.description[:1000],
             "metadata": {**req.metadata, "payment_id": req.payment_id},
         }
         if req.customer.email:
             params["receipt_email"] = req.customer.email
         async with self._client() as client:
             if req.saved_card_token:
-                method = await self._call("payment method", lambda: client.v1.payment_methods.retrieve_async(
-                    req.saved_card_token or ""))
-                params.update(customer=method.customer, payment_method=method.id, confirm=True,
-                              payment_method_types=["card"], return_url=req.return_url)
+                method = await self._call(
+                    "payment method",
+                    lambda: client.v1.payment_methods.retrieve_async(req.saved_card_token or ""),
+                )
+                params.update(
+                    customer=method.customer,
+                    payment_method=method.id,
+                    confirm=True,
+                    payment_method_types=["card"],
+                    return_url=req.return_url,
+                )
             else:
                 params["automatic_payment_methods"] = {"enabled": True}
                 if req.save_card:
-                    customer = await self._call("customer", lambda: client.v1.customers.create_async(
-                        {"email": req.customer.email or "", "name": req.customer.name or "",
-                         "metadata": {"payment_id": req.payment_id}},
-                        {"idempotency_key": f"{req.payment_id}-customer"}))
+                    customer = await self._call(
+                        "customer",
+                        lambda: client.v1.customers.create_async(
+                            {
+                                "email": req.customer.email or "",
+                                "name": req.customer.name or "",
+                                "metadata": {"payment_id": req.payment_id},
+                            },
+                            {"idempotency_key": f"{req.payment_id}-customer"},
+                        ),
+                    )
                     params.update(customer=customer.id, setup_future_usage="off_session")
             try:
-                intent = await self._call("payment intent", lambda: client.v1.payment_intents.create_async(
-                    params, {"idempotency_key": req.payment_id}))  # type: ignore[arg-type]
+                intent = await self._call(
+                    "payment intent",
+                    lambda: client.v1.payment_intents.create_async(
+                        params,  # type: ignore[arg-type]
+                        {"idempotency_key": req.payment_id},
+                    ),
+                )
             except stripe.CardError as exc:
                 return _declined_payment(exc)
             return _payment(intent.to_dict())
 
     async def get_payment(self, reference: str) -> ProviderPayment:
         async with self._client() as client:
-            intent = await self._call("payment intent", lambda: client.v1.payment_intents.retrieve_async(
-                reference, {"expand": ["latest_charge.balance_transaction", "payment_method"]}))
+            intent = await self._call(
+                "payment intent",
+                lambda: client.v1.payment_intents.retrieve_async(
+                    reference, {"expand": ["latest_charge.balance_transaction", "payment_method"]}
+                ),
+            )
         return _payment(intent.to_dict())
 
-    async def refund(self, reference: str, amount: int, currency: str, *,
-                     idempotency_key: str) -> ProviderRefund:
+    async def refund(
+        self, reference: str, amount: int, currency: str, *, idempotency_key: str
+    ) -> ProviderRefund:
         async with self._client() as client:
-            refund = await self._call("refund", lambda: client.v1.refunds.create_async(
-                {"payment_intent": reference, "amount": amount}, {"idempotency_key": idempotency_key}))
+            refund = await self._call(
+                "refund",
+                lambda: client.v1.refunds.create_async(
+                    {"payment_intent": reference, "amount": amount}, {"idempotency_key": idempotency_key}
+                ),
+            )
         data = refund.to_dict()
-        return ProviderRefund(reference=data["id"], status=_refund_status(data), amount=int(data["amount"]),
-                              raw=data)
+        return ProviderRefund(
+            reference=data["id"], status=_refund_status(data), amount=int(data["amount"]), raw=data
+        )
 
     # ---- payouts (Connect transfers)
-    async def create_payout(self, payout_id: str, amount: int, currency: str,
-                            destination: PayoutDestination) -> ProviderPayout:
+    async def create_payout(
+        self, payout_id: str, amount: int, currency: str, destination: PayoutDestination
+    ) -> ProviderPayout:
         account = destination.get("account_id")
         if not account or not account.startswith("acct_"):
-            raise ProviderDeclined("Stripe payouts go to a connected account (account_id acct_…)",
-                                   decline_code="invalid_destination")
+            raise ProviderDeclined(
+                "Stripe payouts go to a connected account (account_id acct_…)",
+                decline_code="invalid_destination",
+            )
         async with self._client() as client:
-            transfer = await self._call("transfer", lambda: client.v1.transfers.create_async(
-                {"amount": amount, "currency": currency.lower(), "destination": account,
-                 "transfer_group": payout_id, "metadata": {"payout_id": payout_id}},
-                {"idempotency_key": payout_id}))
+            transfer = await self._call(
+                "transfer",
+                lambda: client.v1.transfers.create_async(
+                    {
+                        "amount": amount,
+                        "currency": currency.lower(),
+                        "destination": account,
+                        "transfer_group": payout_id,
+                        "metadata": {"payout_id": payout_id},
+                    },
+                    {"idempotency_key": payout_id},
+                ),
+            )
         return _transfer(transfer.to_dict())
 
     async def get_payout(self, reference: str) -> ProviderPayout:
@@ -192,13 +280,16 @@ class StripeProvider(PaymentProvider):
         start = datetime.combine(day, time.min, UTC)
         params: dict[str, Any] = {
             "created": {"gte": int(start.timestamp()), "lt": int((start + timedelta(days=1)).timestamp())},
-            "limit": 100, "expand": ["data.source"],
+            "limit": 100,
+            "expand": ["data.source"],
         }
         records: list[SettlementRecord] = []
         async with self._client() as client:
             while True:
-                listing = await self._call("balance transactions",
-                                           lambda: client.v1.balance_transactions.list_async(params))  # type: ignore[arg-type]
+                listing = await self._call(
+                    "balance transactions",
+                    lambda: client.v1.balance_transactions.list_async(params),  # type: ignore[arg-type]
+                )
                 page = listing.to_dict()
                 records += [r for r in map(_settlement, page["data"]) if r is not None]
                 if not page.get("has_more") or not page["data"]:
@@ -206,8 +297,9 @@ class StripeProvider(PaymentProvider):
                 params["starting_after"] = page["data"][-1]["id"]
 
     # ---- webhooks
-    async def parse_webhook(self, headers: Mapping[str, str], body: bytes,
-                            remote_ip: str | None = None) -> WebhookEvent:
+    async def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
+    ) -> WebhookEvent:
         self.check_remote_ip(remote_ip)
         secret = self.require(self.settings.stripe_webhook_secret, "stripe_webhook_secret")
         signature = header(headers, "Stripe-Signature")
@@ -247,9 +339,14 @@ def _declined_payment(exc: stripe.CardError) -> ProviderPayment:
         raise _declined(exc) from exc
     payment = _payment(intent)
     return ProviderPayment(
-        reference=payment.reference, status="failed", amount=payment.amount, currency=payment.currency,
+        reference=payment.reference,
+        status="failed",
+        amount=payment.amount,
+        currency=payment.currency,
         failure_code=error.get("decline_code") or error.get("code") or "card_declined",
-        failure_message=error.get("message"), card=payment.card, raw=intent,
+        failure_message=error.get("message"),
+        card=payment.card,
+        raw=intent,
     )
 
 
@@ -268,17 +365,26 @@ def _payment(intent: Mapping[str, Any]) -> ProviderPayment:
         if action.get("type") == "redirect_to_url":
             next_action = NextAction(type="three_d_secure", url=action["redirect_to_url"]["url"])
         else:
-            next_action = NextAction(type="client_secret",
-                                     data={"client_secret": intent.get("client_secret")})
+            next_action = NextAction(
+                type="client_secret", data={"client_secret": intent.get("client_secret")}
+            )
     charge = intent.get("latest_charge") if isinstance(intent.get("latest_charge"), dict) else None
     fee = None
     if charge and isinstance(charge.get("balance_transaction"), dict):
         fee = int(charge["balance_transaction"].get("fee") or 0)
     return ProviderPayment(
-        reference=intent["id"], status=status, amount=int(intent.get("amount_received") or intent["amount"])
-        if status == "succeeded" else int(intent["amount"]), currency=str(intent["currency"]).upper(),
-        next_action=next_action, failure_code=failure_code, failure_message=failure_message,
-        card=_card(intent, charge), fee=fee, raw=intent,
+        reference=intent["id"],
+        status=status,
+        amount=int(intent.get("amount_received") or intent["amount"])
+        if status == "succeeded"
+        else int(intent["amount"]),
+        currency=str(intent["currency"]).upper(),
+        next_action=next_action,
+        failure_code=failure_code,
+        failure_message=failure_message,
+        card=_card(intent, charge),
+        fee=fee,
+        raw=intent,
     )
 
 
@@ -293,9 +399,13 @@ def _card(intent: Mapping[str, Any], charge: Mapping[str, Any] | None) -> CardDe
         return None
     method_id = method["id"] if isinstance(method, dict) else method
     # A PaymentMethod used with a Customer is attached to it (saved now, or charged as a saved card).
-    return CardDetails(brand=str(card.get("brand") or "unknown"), last4=str(card.get("last4") or ""),
-                       exp_month=card.get("exp_month"), exp_year=card.get("exp_year"),
-                       token=method_id if intent.get("customer") else None)
+    return CardDetails(
+        brand=str(card.get("brand") or "unknown"),
+        last4=str(card.get("last4") or ""),
+        exp_month=card.get("exp_month"),
+        exp_year=card.get("exp_year"),
+        token=method_id if intent.get("customer") else None,
+    )
 
 
 def _refund_status(refund: Mapping[str, Any]) -> RefundStatus:
@@ -304,14 +414,23 @@ def _refund_status(refund: Mapping[str, Any]) -> RefundStatus:
 
 def _transfer(transfer: Mapping[str, Any]) -> ProviderPayout:
     if transfer.get("reversed"):
-        return ProviderPayout(reference=transfer["id"], status="failed",
-                              failure_message="The transfer was reversed", raw=transfer)
+        return ProviderPayout(
+            reference=transfer["id"],
+            status="failed",
+            failure_message="The transfer was reversed",
+            raw=transfer,
+        )
     return ProviderPayout(reference=transfer["id"], status="paid", raw=transfer)
 
 
 def _settlement(txn: Mapping[str, Any]) -> SettlementRecord | None:
-    kinds: dict[str, SettlementKind] = {"charge": "payment", "payment": "payment", "refund": "refund",
-                                        "payment_refund": "refund", "transfer": "payout"}
+    kinds: dict[str, SettlementKind] = {
+        "charge": "payment",
+        "payment": "payment",
+        "refund": "refund",
+        "payment_refund": "refund",
+        "transfer": "payout",
+    }
     kind = kinds.get(txn.get("type") or "")
     if kind is None:
         return None
@@ -319,9 +438,14 @@ def _settlement(txn: Mapping[str, Any]) -> SettlementRecord | None:
     reference = source.get("id") if isinstance(source, dict) else source
     if kind == "payment" and isinstance(source, dict) and source.get("payment_intent"):
         reference = source["payment_intent"]  # our payments know the PaymentIntent, not the charge
-    return SettlementRecord(reference=str(reference), kind=kind, amount=abs(int(txn["amount"])),
-                            currency=str(txn["currency"]).upper(), fee=int(txn.get("fee") or 0),
-                            occurred_at=datetime.fromtimestamp(int(txn["created"]), UTC))
+    return SettlementRecord(
+        reference=str(reference),
+        kind=kind,
+        amount=abs(int(txn["amount"])),
+        currency=str(txn["currency"]).upper(),
+        fee=int(txn.get("fee") or 0),
+        occurred_at=datetime.fromtimestamp(int(txn["created"]), UTC),
+    )
 
 
 def _event(event: Mapping[str, Any]) -> WebhookEvent:
@@ -333,16 +457,35 @@ def _event(event: Mapping[str, Any]) -> WebhookEvent:
         status: str = payment.status
         if event_type == "payment_intent.payment_failed":
             status = "failed"
-        return WebhookEvent(**common, kind="payment", status=status, payment_reference=payment.reference,
-                            amount=payment.amount, currency=payment.currency, card=payment.card,
-                            failure_code=payment.failure_code, failure_message=payment.failure_message)
+        return WebhookEvent(
+            **common,
+            kind="payment",
+            status=status,
+            payment_reference=payment.reference,
+            amount=payment.amount,
+            currency=payment.currency,
+            card=payment.card,
+            failure_code=payment.failure_code,
+            failure_message=payment.failure_message,
+        )
     if event_type in _REFUND_EVENTS:
-        return WebhookEvent(**common, kind="refund", status=_refund_status(obj),
-                            refund_reference=obj["id"], payment_reference=obj.get("payment_intent"),
-                            amount=int(obj["amount"]), currency=str(obj["currency"]).upper(),
-                            failure_message=obj.get("failure_reason"))
+        return WebhookEvent(
+            **common,
+            kind="refund",
+            status=_refund_status(obj),
+            refund_reference=obj["id"],
+            payment_reference=obj.get("payment_intent"),
+            amount=int(obj["amount"]),
+            currency=str(obj["currency"]).upper(),
+            failure_message=obj.get("failure_reason"),
+        )
     if event_type in _TRANSFER_EVENTS:
-        return WebhookEvent(**common, kind="payout", status=_TRANSFER_EVENTS[event_type],
-                            payout_reference=obj["id"], amount=int(obj["amount"]),
-                            currency=str(obj["currency"]).upper())
+        return WebhookEvent(
+            **common,
+            kind="payout",
+            status=_TRANSFER_EVENTS[event_type],
+            payout_reference=obj["id"],
+            amount=int(obj["amount"]),
+            currency=str(obj["currency"]).upper(),
+        )
     return WebhookEvent(**common)

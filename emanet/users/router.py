@@ -23,16 +23,19 @@ async def get_me(principal: CurrentPrincipal) -> UserOut:
 
 @router.patch("/me", response_model=UserOut)
 async def update_me(body: MeUpdate, principal: CurrentPrincipal, session: DbSession) -> UserOut:
-    user = await service.update_profile(session, principal.user, name=body.name, email=body.email,
-                                        locale=body.locale)
+    user = await service.update_profile(
+        session, principal.user, name=body.name, email=body.email, locale=body.locale
+    )
     return UserOut.model_validate(user)
 
 
 @router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
-async def create_api_key(body: ApiKeyCreate, principal: CurrentPrincipal,
-                         session: DbSession) -> ApiKeyCreated:
-    key, secret = await service.create_api_key(session, principal.user, body.name, body.scopes,
-                                               granted_by=principal.scopes)
+async def create_api_key(
+    body: ApiKeyCreate, principal: CurrentPrincipal, session: DbSession
+) -> ApiKeyCreated:
+    key, secret = await service.create_api_key(
+        session, principal.user, body.name, body.scopes, granted_by=principal.scopes
+    )
     return ApiKeyCreated(**ApiKeyOut.model_validate(key).model_dump(), key=secret)
 
 
@@ -48,19 +51,29 @@ async def revoke_api_key(key_id: str, principal: CurrentPrincipal, session: DbSe
 
 @router.get("/admin/users", response_model=Page[AdminUserOut], tags=["admin"])
 async def admin_list_users(
-    _staff: StaffPrincipal, session: DbSession,
+    _staff: StaffPrincipal,
+    session: DbSession,
     role: Role | None = None,
     status_: Annotated[UserStatus | None, Query(alias="status")] = None,
     verification_level: VerificationLevel | None = None,
-    q: Annotated[str | None, Query(max_length=200,
-                                   description="user id, or part of e-mail, phone or name")] = None,
-    sort: Annotated[str | None, Query(description="comma-separated: created_at, name, role, status; "
-                                                  "'-' for descending (default -created_at)")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="user id, or part of e-mail, phone or name")
+    ] = None,
+    sort: Annotated[
+        str | None,
+        Query(
+            description="comma-separated: created_at, name, role, status; "
+            "'-' for descending (default -created_at)"
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> Page[AdminUserOut]:
     filters = service.UserFilters(role=role, status=status_, verification_level=verification_level, q=q)
-    rows, next_cursor = await service.list_users(session, filters, limit=limit, sort=sort,
-                                                 cursor=decode_cursor(cursor) if cursor else None)
-    return Page[AdminUserOut](data=[AdminUserOut.model_validate(row) for row in rows],
-                              next_cursor=encode_cursor(next_cursor) if next_cursor else None)
+    rows, next_cursor = await service.list_users(
+        session, filters, limit=limit, sort=sort, cursor=decode_cursor(cursor) if cursor else None
+    )
+    return Page[AdminUserOut](
+        data=[AdminUserOut.model_validate(row) for row in rows],
+        next_cursor=encode_cursor(next_cursor) if next_cursor else None,
+    )

@@ -22,15 +22,23 @@ def normalize_phone(raw: str) -> str:
     try:
         parsed = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException as exc:
-        raise Unprocessable("Phone number must be in international format, e.g. +905551234567",
-                            code="invalid_phone") from exc
+        raise Unprocessable(
+            "Phone number must be in international format, e.g. +905551234567", code="invalid_phone"
+        ) from exc
     if not phonenumbers.is_valid_number(parsed):
         raise Unprocessable("Phone number is not valid", code="invalid_phone")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-async def create_user(session: AsyncSession, *, email: str | None, phone: str | None, name: str,
-                      role: str = Role.user, user_id: str | None = None) -> User:
+async def create_user(
+    session: AsyncSession,
+    *,
+    email: str | None,
+    phone: str | None,
+    name: str,
+    role: str = Role.user,
+    user_id: str | None = None,
+) -> User:
     if role not in set(Role):
         raise Unprocessable(f"Unknown role {role!r}", code="invalid_role")
     phone = normalize_phone(phone) if phone else None
@@ -67,8 +75,9 @@ async def find_user(session: AsyncSession, reference: str) -> User:
     return user
 
 
-async def update_profile(session: AsyncSession, user: User, *, name: str | None, email: str | None,
-                         locale: str | None) -> User:
+async def update_profile(
+    session: AsyncSession, user: User, *, name: str | None, email: str | None, locale: str | None
+) -> User:
     if email is not None and email.lower() != user.email:
         taken = (await session.execute(select(User.id).where(User.email == email.lower()))).first()
         if taken:
@@ -82,16 +91,23 @@ async def update_profile(session: AsyncSession, user: User, *, name: str | None,
     return user
 
 
-async def create_api_key(session: AsyncSession, user: User, name: str, scopes: Sequence[str], *,
-                         granted_by: frozenset[str] = ALL_SCOPES) -> tuple[ApiKey, str]:
+async def create_api_key(
+    session: AsyncSession,
+    user: User,
+    name: str,
+    scopes: Sequence[str],
+    *,
+    granted_by: frozenset[str] = ALL_SCOPES,
+) -> tuple[ApiKey, str]:
     """A new key for ``user``. ``granted_by`` is what the creating credential may do itself: a key can never
     mint a key with more rights than its own."""
     unknown = sorted(set(scopes) - ALL_SCOPES)
     if unknown:
         raise Unprocessable(f"Unknown scopes: {', '.join(unknown)}", code="invalid_scope")
     if STAFF_SCOPE in scopes and user.role not in (Role.admin, Role.support):
-        raise Unprocessable("Only admin and support users may create keys with the admin scope",
-                            code="invalid_scope")
+        raise Unprocessable(
+            "Only admin and support users may create keys with the admin scope", code="invalid_scope"
+        )
     beyond = sorted(set(scopes) - granted_by)
     if beyond:
         raise Forbidden(f"This credential cannot grant: {', '.join(beyond)}", code="scope_required")
@@ -104,7 +120,8 @@ async def create_api_key(session: AsyncSession, user: User, name: str, scopes: S
 
 async def list_api_keys(session: AsyncSession, user: User) -> Sequence[ApiKey]:
     result = await session.execute(
-        select(ApiKey).where(ApiKey.user_id == user.id).order_by(ApiKey.created_at, ApiKey.id))
+        select(ApiKey).where(ApiKey.user_id == user.id).order_by(ApiKey.created_at, ApiKey.id)
+    )
     return result.scalars().all()
 
 
@@ -153,20 +170,28 @@ def _filtered(filters: UserFilters) -> Any:
     if filters.q and filters.q.strip():
         term = filters.q.strip()
         lowered = term.lower()
-        query = query.where(or_(
-            User.id == term,
-            func.lower(User.email).contains(lowered, autoescape=True),
-            User.phone.contains(term, autoescape=True),
-            func.lower(User.name).contains(lowered, autoescape=True),
-        ))
+        query = query.where(
+            or_(
+                User.id == term,
+                func.lower(User.email).contains(lowered, autoescape=True),
+                User.phone.contains(term, autoescape=True),
+                func.lower(User.name).contains(lowered, autoescape=True),
+            )
+        )
     return query
 
 
 UserPage = tuple[list[User], dict[str, Any] | None]
 
 
-async def list_users(session: AsyncSession, filters: UserFilters, *, limit: int,
-                     cursor: dict[str, Any] | None, sort: str | None) -> UserPage:
+async def list_users(
+    session: AsyncSession,
+    filters: UserFilters,
+    *,
+    limit: int,
+    cursor: dict[str, Any] | None,
+    sort: str | None,
+) -> UserPage:
     """Keyset pagination over the chosen sort (the id breaks ties): one query per page, whatever its size."""
     order = _parse_sort(sort)
     keys = [*order, ("id", order[0][1])]
@@ -174,8 +199,10 @@ async def list_users(session: AsyncSession, filters: UserFilters, *, limit: int,
     query = _filtered(filters)
     if cursor:
         try:
-            values = [datetime.fromisoformat(cursor[name]) if name == "created_at" else str(cursor[name])
-                      for name, _ in keys]
+            values = [
+                datetime.fromisoformat(cursor[name]) if name == "created_at" else str(cursor[name])
+                for name, _ in keys
+            ]
         except (KeyError, TypeError, ValueError) as exc:
             raise Unprocessable("The cursor does not match this sort", code="invalid_cursor") from exc
         after = []
@@ -190,6 +217,8 @@ async def list_users(session: AsyncSession, filters: UserFilters, *, limit: int,
         return rows, None
     rows = rows[:limit]
     last = rows[-1]
-    next_cursor = {name: (last.created_at.isoformat() if name == "created_at" else getattr(last, name))
-                   for name, _ in keys}
+    next_cursor = {
+        name: (last.created_at.isoformat() if name == "created_at" else getattr(last, name))
+        for name, _ in keys
+    }
     return rows, next_cursor

@@ -31,8 +31,9 @@ async def app(settings: Settings, database: Database) -> AsyncIterator[FastAPI]:
 
 def client_from(app: FastAPI, ip: str) -> httpx.AsyncClient:
     """Another HTTP client on the same app, calling from ``ip``."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 50001)),
-                             base_url="http://testserver")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(ip, 50001)), base_url="http://testserver"
+    )
 
 
 class LogCapture:

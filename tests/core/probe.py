@@ -80,12 +80,18 @@ class Secrets(StrictModel):
 
 @router.post("/crash", response_model=Ok)
 async def crash(body: Secrets) -> Ok:
-    raise RuntimeError(f"charge failed for card {body.card_number}, code {body.otp}, "
-                       f"password={body.password}")
+    raise RuntimeError(
+        f"charge failed for card {body.card_number}, code {body.otp}, password={body.password}"
+    )
 
 
 @router.post("/log-secrets", response_model=Ok)
 async def log_secrets(body: Secrets, principal: CurrentPrincipal) -> Ok:
-    log.info("sensitive_fields", card_number=body.card_number, otp=body.otp, password=body.password,
-             note=f"user typed {body.card_number} and OTP {body.otp}")
+    log.info(
+        "sensitive_fields",
+        card_number=body.card_number,
+        otp=body.otp,
+        password=body.password,
+        note=f"user typed {body.card_number} and OTP {body.otp}",
+    )
     return Ok()

@@ -19,8 +19,9 @@ from tests.factories import Factory
 
 
 async def create_key(client: httpx.AsyncClient, headers: dict[str, str], *scopes: str) -> str:
-    response = await client.post("/api/v1/api-keys", json={"name": "server", "scopes": list(scopes)},
-                                 headers=headers)
+    response = await client.post(
+        "/api/v1/api-keys", json={"name": "server", "scopes": list(scopes)}, headers=headers
+    )
     assert response.status_code == 201, response.text
     key: str = response.json()["key"]
     return key
@@ -32,20 +33,28 @@ def key_header(key: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------- built-in issuer
 
-async def test_built_in_token_identifies_the_user(client: httpx.AsyncClient, factory: Factory,
-                                                  settings: Settings) -> None:
+
+async def test_built_in_token_identifies_the_user(
+    client: httpx.AsyncClient, factory: Factory, settings: Settings
+) -> None:
     user = await factory.user()
     token = issue_access_token(user, settings)
-    claims = jwt.decode(token, settings.secret_key, algorithms=["HS256"], audience=settings.jwt_audience,
-                        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})
+    claims = jwt.decode(
+        token,
+        settings.secret_key,
+        algorithms=["HS256"],
+        audience=settings.jwt_audience,
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
     assert (claims["iss"], claims["sub"], claims["role"]) == (settings.jwt_issuer, user.id, "user")
     response = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.text
     assert response.json()["id"] == user.id
 
 
-async def test_built_in_token_expires_on_our_clock(client: httpx.AsyncClient, factory: Factory,
-                                                   settings: Settings, clock: object) -> None:
+async def test_built_in_token_expires_on_our_clock(
+    client: httpx.AsyncClient, factory: Factory, settings: Settings, clock: object
+) -> None:
     user = await factory.user()
     headers = {"Authorization": f"Bearer {issue_access_token(user, settings, minutes=10)}"}
     clock.advance(minutes=9)  # type: ignore[attr-defined]
@@ -55,8 +64,9 @@ async def test_built_in_token_expires_on_our_clock(client: httpx.AsyncClient, fa
 
 
 @pytest.mark.parametrize("change", ["secret", "audience", "issuer", "garbage", "scheme", "unknown_user"])
-async def test_bad_built_in_tokens_are_401(client: httpx.AsyncClient, factory: Factory, settings: Settings,
-                                           change: str) -> None:
+async def test_bad_built_in_tokens_are_401(
+    client: httpx.AsyncClient, factory: Factory, settings: Settings, change: str
+) -> None:
     user = await factory.user()
     other = {
         "secret": settings.model_copy(update={"secret_key": "another-secret-of-sufficient-length-0001"}),
@@ -77,22 +87,34 @@ async def test_bad_built_in_tokens_are_401(client: httpx.AsyncClient, factory: F
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-async def test_unsigned_token_is_refused(client: httpx.AsyncClient, factory: Factory,
-                                         settings: Settings, clock: object) -> None:
+async def test_unsigned_token_is_refused(
+    client: httpx.AsyncClient, factory: Factory, settings: Settings, clock: object
+) -> None:
     user = await factory.user()
     now = clock.now()  # type: ignore[attr-defined]
-    forged = jwt.encode({"iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": user.id,
-                         "exp": now + timedelta(hours=1)}, key=None, algorithm="none")
+    forged = jwt.encode(
+        {
+            "iss": settings.jwt_issuer,
+            "aud": settings.jwt_audience,
+            "sub": user.id,
+            "exp": now + timedelta(hours=1),
+        },
+        key=None,
+        algorithm="none",
+    )
     assert_problem(await client.get("/api/v1/me", headers=key_header(forged)), 401, "unauthorized")
 
 
 # ---------------------------------------------------------------------------------------------- API keys
 
-async def test_api_key_lifecycle(client: httpx.AsyncClient, factory: Factory, database: Database,
-                                 clock: object) -> None:
+
+async def test_api_key_lifecycle(
+    client: httpx.AsyncClient, factory: Factory, database: Database, clock: object
+) -> None:
     user = await factory.user()
-    created = await client.post("/api/v1/api-keys", json={"name": "shop backend", "scopes": ["escrows:read"]},
-                                headers=bearer(user))
+    created = await client.post(
+        "/api/v1/api-keys", json={"name": "shop backend", "scopes": ["escrows:read"]}, headers=bearer(user)
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["key"].startswith("emk_") and body["scopes"] == ["escrows:read"]
@@ -118,8 +140,9 @@ async def test_unknown_api_key_is_401(client: httpx.AsyncClient) -> None:
 
 async def test_another_users_key_is_404(client: httpx.AsyncClient, factory: Factory) -> None:
     owner, stranger = await factory.user(), await factory.user()
-    created = await client.post("/api/v1/api-keys", json={"name": "k", "scopes": ["escrows:read"]},
-                                headers=bearer(owner))
+    created = await client.post(
+        "/api/v1/api-keys", json={"name": "k", "scopes": ["escrows:read"]}, headers=bearer(owner)
+    )
     response = await client.delete(f"/api/v1/api-keys/{created.json()['id']}", headers=bearer(stranger))
     assert_problem(response, 404, "not_found")
 
@@ -136,25 +159,32 @@ async def test_require_scope_checks_api_keys(client: httpx.AsyncClient, factory:
 async def test_a_key_cannot_mint_a_stronger_key(client: httpx.AsyncClient, factory: Factory) -> None:
     user = await factory.user()
     reader = await create_key(client, bearer(user), "escrows:read", "payments:read")
-    same = await client.post("/api/v1/api-keys", json={"name": "child", "scopes": ["escrows:read"]},
-                             headers=key_header(reader))
+    same = await client.post(
+        "/api/v1/api-keys", json={"name": "child", "scopes": ["escrows:read"]}, headers=key_header(reader)
+    )
     assert same.status_code == 201
-    stronger = await client.post("/api/v1/api-keys", json={"name": "child", "scopes": ["payments:write"]},
-                                 headers=key_header(reader))
+    stronger = await client.post(
+        "/api/v1/api-keys", json={"name": "child", "scopes": ["payments:write"]}, headers=key_header(reader)
+    )
     assert_problem(stronger, 403, "scope_required")
 
 
-@pytest.mark.parametrize(("scopes", "code"), [
-    (["admin"], "invalid_scope"), (["escrows:fly"], "invalid_scope"), ([], "validation_error")])
-async def test_key_scopes_are_validated(client: httpx.AsyncClient, factory: Factory, scopes: list[str],
-                                        code: str) -> None:
+@pytest.mark.parametrize(
+    ("scopes", "code"),
+    [(["admin"], "invalid_scope"), (["escrows:fly"], "invalid_scope"), ([], "validation_error")],
+)
+async def test_key_scopes_are_validated(
+    client: httpx.AsyncClient, factory: Factory, scopes: list[str], code: str
+) -> None:
     user = await factory.user()
-    response = await client.post("/api/v1/api-keys", json={"name": "k", "scopes": scopes},
-                                 headers=bearer(user))
+    response = await client.post(
+        "/api/v1/api-keys", json={"name": "k", "scopes": scopes}, headers=bearer(user)
+    )
     assert_problem(response, 422, code)
 
 
 # --------------------------------------------------------------------------------------- roles, suspension
+
 
 async def test_admin_routes_check_the_role(client: httpx.AsyncClient, factory: Factory) -> None:
     assert_problem(await client.get("/api/v1/admin/users"), 401, "unauthorized")
@@ -174,35 +204,42 @@ async def test_staff_api_keys_need_the_admin_scope(client: httpx.AsyncClient, fa
     assert (await client.get("/api/v1/admin/users", headers=key_header(staff_key))).status_code == 200
 
 
-async def test_a_suspended_user_is_refused_everywhere(client: httpx.AsyncClient, factory: Factory,
-                                                      database: Database) -> None:
+async def test_a_suspended_user_is_refused_everywhere(
+    client: httpx.AsyncClient, factory: Factory, database: Database
+) -> None:
     user = await factory.user(role=Role.admin)
     key = await create_key(client, bearer(user), "escrows:read", "admin")
     async with database.transaction() as session:
         row = await session.get(User, user.id)
         assert row is not None
         row.status, row.suspended_reason = UserStatus.suspended, "chargeback fraud"
-    calls = [client.get("/api/v1/me", headers=bearer(user)),
-             client.patch("/api/v1/me", json={"name": "New"}, headers=bearer(user)),
-             client.get("/api/v1/api-keys", headers=bearer(user)),
-             client.post("/api/v1/api-keys", json={"name": "k", "scopes": ["escrows:read"]},
-                         headers=bearer(user)),
-             client.get("/api/v1/admin/users", headers=bearer(user)),
-             client.get("/api/v1/me", headers=key_header(key)),
-             client.get("/_test/ping", headers=bearer(user))]
+    calls = [
+        client.get("/api/v1/me", headers=bearer(user)),
+        client.patch("/api/v1/me", json={"name": "New"}, headers=bearer(user)),
+        client.get("/api/v1/api-keys", headers=bearer(user)),
+        client.post("/api/v1/api-keys", json={"name": "k", "scopes": ["escrows:read"]}, headers=bearer(user)),
+        client.get("/api/v1/admin/users", headers=bearer(user)),
+        client.get("/api/v1/me", headers=key_header(key)),
+        client.get("/_test/ping", headers=bearer(user)),
+    ]
     for call in calls:
         assert_problem(await call, 403, "account_suspended")
 
 
 async def test_profile_update(client: httpx.AsyncClient, factory: Factory) -> None:
     user, other = await factory.user(), await factory.user(email="taken@example.com")
-    response = await client.patch("/api/v1/me", headers=bearer(user),
-                                  json={"name": "Zeynep", "locale": "tr", "email": "Z@Example.com"})
+    response = await client.patch(
+        "/api/v1/me", headers=bearer(user), json={"name": "Zeynep", "locale": "tr", "email": "Z@Example.com"}
+    )
     assert response.status_code == 200, response.text
     assert (response.json()["name"], response.json()["locale"], response.json()["email"]) == (
-        "Zeynep", "tr", "z@example.com")
+        "Zeynep",
+        "tr",
+        "z@example.com",
+    )
     assert (await client.get("/api/v1/me", headers=bearer(user))).json()["locale"] == "tr"
     taken = await client.patch("/api/v1/me", json={"email": other.email}, headers=bearer(user))
     assert_problem(taken, 409, "email_taken")
-    assert_problem(await client.patch("/api/v1/me", json={"locale": "fr"}, headers=bearer(user)),
-                   422, "validation_error")
+    assert_problem(
+        await client.patch("/api/v1/me", json={"locale": "fr"}, headers=bearer(user)), 422, "validation_error"
+    )

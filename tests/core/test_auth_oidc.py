@@ -57,9 +57,18 @@ class IdentityProvider:
 
     def token(self, key: SigningKey, *, sub: str = "idp|alice", minutes: int = 5, **claims: Any) -> str:
         now = self.clock.now()
-        payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "nbf": now,
-                   "exp": now + timedelta(minutes=minutes), "email": "alice@idp.example",
-                   "email_verified": True, "name": "Alice From IdP", **claims}
+        payload = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "iat": now,
+            "nbf": now,
+            "exp": now + timedelta(minutes=minutes),
+            "email": "alice@idp.example",
+            "email_verified": True,
+            "name": "Alice From IdP",
+            **claims,
+        }
         return jwt.encode(payload, key.private, algorithm="RS256", headers={"kid": key.kid})
 
 
@@ -75,8 +84,9 @@ def idp(httpserver: HTTPServer, clock: FrozenClock, rsa_keys: list[rsa.RSAPrivat
     provider.published.append(SigningKey("key-1", rsa_keys[0]))
 
     def jwks(_request: Request) -> Response:
-        return Response(json.dumps({"keys": [k.jwk for k in provider.published]}),
-                        content_type="application/json")
+        return Response(
+            json.dumps({"keys": [k.jwk for k in provider.published]}), content_type="application/json"
+        )
 
     httpserver.expect_request(provider.path).respond_with_handler(jwks)
     return provider
@@ -84,8 +94,12 @@ def idp(httpserver: HTTPServer, clock: FrozenClock, rsa_keys: list[rsa.RSAPrivat
 
 @pytest.fixture
 def settings_overrides(idp: IdentityProvider) -> dict[str, Any]:
-    return {"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE, "oidc_jwks_url": idp.jwks_url,
-            "oidc_leeway_seconds": LEEWAY}
+    return {
+        "oidc_issuer": ISSUER,
+        "oidc_audience": AUDIENCE,
+        "oidc_jwks_url": idp.jwks_url,
+        "oidc_leeway_seconds": LEEWAY,
+    }
 
 
 def auth(token: str) -> dict[str, str]:
@@ -93,7 +107,8 @@ def auth(token: str) -> dict[str, str]:
 
 
 async def test_first_sight_creates_the_local_user_then_reuses_it(
-        client: httpx.AsyncClient, idp: IdentityProvider, database: Database) -> None:
+    client: httpx.AsyncClient, idp: IdentityProvider, database: Database
+) -> None:
     key = idp.published[0]
     first = await client.get("/api/v1/me", headers=auth(idp.token(key)))
     assert first.status_code == 200, first.text
@@ -107,16 +122,18 @@ async def test_first_sight_creates_the_local_user_then_reuses_it(
     assert idp.fetches == 1  # the key set is cached
 
 
-async def test_an_existing_email_is_not_taken_over(client: httpx.AsyncClient, idp: IdentityProvider,
-                                                   factory: Factory) -> None:
+async def test_an_existing_email_is_not_taken_over(
+    client: httpx.AsyncClient, idp: IdentityProvider, factory: Factory
+) -> None:
     local = await factory.user(email="alice@idp.example")
     response = await client.get("/api/v1/me", headers=auth(idp.token(idp.published[0])))
     assert response.status_code == 200
     assert response.json()["id"] != local.id and response.json()["email"] is None
 
 
-async def test_a_rotated_key_is_fetched_and_accepted(client: httpx.AsyncClient, idp: IdentityProvider,
-                                                     rsa_keys: list[rsa.RSAPrivateKey]) -> None:
+async def test_a_rotated_key_is_fetched_and_accepted(
+    client: httpx.AsyncClient, idp: IdentityProvider, rsa_keys: list[rsa.RSAPrivateKey]
+) -> None:
     old = idp.published[0]
     assert (await client.get("/api/v1/me", headers=auth(idp.token(old)))).status_code == 200
     assert idp.fetches == 1
@@ -133,8 +150,9 @@ async def test_a_rotated_key_is_fetched_and_accepted(client: httpx.AsyncClient, 
     assert idp.fetches == 2
 
 
-async def test_expiry_allows_the_configured_clock_skew(client: httpx.AsyncClient, idp: IdentityProvider,
-                                                       clock: FrozenClock) -> None:
+async def test_expiry_allows_the_configured_clock_skew(
+    client: httpx.AsyncClient, idp: IdentityProvider, clock: FrozenClock
+) -> None:
     token = idp.token(idp.published[0], minutes=5)
     clock.advance(minutes=5, seconds=LEEWAY - 1)
     assert (await client.get("/api/v1/me", headers=auth(token))).status_code == 200
@@ -142,15 +160,17 @@ async def test_expiry_allows_the_configured_clock_skew(client: httpx.AsyncClient
     assert_problem(await client.get("/api/v1/me", headers=auth(token)), 401, "token_expired")
 
 
-async def test_a_token_from_the_future_is_refused(client: httpx.AsyncClient, idp: IdentityProvider,
-                                                  clock: FrozenClock) -> None:
+async def test_a_token_from_the_future_is_refused(
+    client: httpx.AsyncClient, idp: IdentityProvider, clock: FrozenClock
+) -> None:
     early = idp.token(idp.published[0], nbf=clock.now() + timedelta(seconds=LEEWAY + 60))
     assert_problem(await client.get("/api/v1/me", headers=auth(early)), 401, "unauthorized")
 
 
 @pytest.mark.parametrize("defect", ["audience", "issuer", "signature", "unknown_kid", "algorithm"])
-async def test_bad_tokens_are_401(client: httpx.AsyncClient, idp: IdentityProvider,
-                                  rsa_keys: list[rsa.RSAPrivateKey], defect: str) -> None:
+async def test_bad_tokens_are_401(
+    client: httpx.AsyncClient, idp: IdentityProvider, rsa_keys: list[rsa.RSAPrivateKey], defect: str
+) -> None:
     key = idp.published[0]
     if defect == "audience":
         token = idp.token(key, aud="another-api")
@@ -161,14 +181,23 @@ async def test_bad_tokens_are_401(client: httpx.AsyncClient, idp: IdentityProvid
     elif defect == "unknown_kid":
         token = idp.token(SigningKey("never-published", rsa_keys[2]))
     else:  # HS256 with the public key as the "secret": the classic algorithm confusion attack
-        token = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "idp|mallory",
-                            "exp": idp.clock.now() + timedelta(minutes=5)}, "k" * 32, algorithm="HS256",
-                           headers={"kid": key.kid})
+        token = jwt.encode(
+            {
+                "iss": ISSUER,
+                "aud": AUDIENCE,
+                "sub": "idp|mallory",
+                "exp": idp.clock.now() + timedelta(minutes=5),
+            },
+            "k" * 32,
+            algorithm="HS256",
+            headers={"kid": key.kid},
+        )
     assert_problem(await client.get("/api/v1/me", headers=auth(token)), 401, "unauthorized")
 
 
-async def test_a_suspended_oidc_user_is_refused(client: httpx.AsyncClient, idp: IdentityProvider,
-                                                database: Database) -> None:
+async def test_a_suspended_oidc_user_is_refused(
+    client: httpx.AsyncClient, idp: IdentityProvider, database: Database
+) -> None:
     token = idp.token(idp.published[0])
     user_id = (await client.get("/api/v1/me", headers=auth(token))).json()["id"]
     async with database.transaction() as session:
@@ -181,10 +210,14 @@ async def test_a_suspended_oidc_user_is_refused(client: httpx.AsyncClient, idp: 
 class TestProviderDown:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, Any]:
-        return {"oidc_issuer": ISSUER, "oidc_audience": AUDIENCE,
-                "oidc_jwks_url": f"http://127.0.0.1:1/{uuid.uuid4().hex}/jwks.json"}
+        return {
+            "oidc_issuer": ISSUER,
+            "oidc_audience": AUDIENCE,
+            "oidc_jwks_url": f"http://127.0.0.1:1/{uuid.uuid4().hex}/jwks.json",
+        }
 
-    async def test_an_unreachable_jwks_is_a_503_not_a_401(self, client: httpx.AsyncClient,
-                                                           idp: IdentityProvider) -> None:
+    async def test_an_unreachable_jwks_is_a_503_not_a_401(
+        self, client: httpx.AsyncClient, idp: IdentityProvider
+    ) -> None:
         response = await client.get("/api/v1/me", headers=auth(idp.token(idp.published[0])))
         assert_problem(response, 503, "identity_provider_unavailable")

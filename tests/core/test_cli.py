@@ -40,8 +40,18 @@ def test_migrate_create_user_and_token(sqlite_env: str) -> None:
     assert code == 0, output
     assert "migrated" in output
     assert run("migrate")[0] == 0  # idempotent
-    code, output = run("users", "create", "--name", "Ada Operator", "--email", "Ada@Example.com",
-                       "--phone", "+90 555 123 45 67", "--role", "admin")
+    code, output = run(
+        "users",
+        "create",
+        "--name",
+        "Ada Operator",
+        "--email",
+        "Ada@Example.com",
+        "--phone",
+        "+90 555 123 45 67",
+        "--role",
+        "admin",
+    )
     assert code == 0, output
     user_id = output.strip()
     assert user_id.startswith("usr_")
@@ -49,18 +59,25 @@ def test_migrate_create_user_and_token(sqlite_env: str) -> None:
         code, output = run("token", reference, "--minutes", "5")
         assert code == 0, output
         settings = Settings()
-        claims = jwt.decode(output.strip(), settings.secret_key, algorithms=["HS256"],
-                            audience=settings.jwt_audience, options={"verify_exp": False, "verify_nbf": False,
-                                                                     "verify_iat": False})  # frozen clock
+        claims = jwt.decode(
+            output.strip(),
+            settings.secret_key,
+            algorithms=["HS256"],
+            audience=settings.jwt_audience,
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+        )  # frozen clock
         assert (claims["sub"], claims["role"]) == (user_id, "admin")
         assert claims["exp"] - claims["iat"] == 300
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--name", "Dup", "--email", "ada@example.com"], "already exists"),
-    (["--name", "Bad", "--role", "wizard"], "Unknown role"),
-    (["--name", "Bad", "--phone", "12345"], "international format"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "Dup", "--email", "ada@example.com"], "already exists"),
+        (["--name", "Bad", "--role", "wizard"], "Unknown role"),
+        (["--name", "Bad", "--phone", "12345"], "international format"),
+    ],
+)
 def test_users_create_reports_errors(sqlite_env: str, args: list[str], message: str) -> None:
     assert run("migrate")[0] == 0
     assert run("users", "create", "--name", "Ada", "--email", "ada@example.com")[0] == 0
@@ -85,11 +102,20 @@ def _free_port() -> int:
 def test_serve_with_two_workers(sqlite_env: str, tmp_path: Path) -> None:
     assert run("migrate")[0] == 0
     port = _free_port()
-    env = {**os.environ, "EMANET_DATABASE_URL": sqlite_env, "EMANET_STORAGE_DIR": str(tmp_path / "docs"),
-           "EMANET_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "EMANET_DATABASE_URL": sqlite_env,
+        "EMANET_STORAGE_DIR": str(tmp_path / "docs"),
+        "EMANET_LOG_LEVEL": "WARNING",
+    }
     emanet = Path(sys.executable).parent / "emanet"
-    server = subprocess.Popen([str(emanet), "serve", "--port", str(port), "--workers", "2"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [str(emanet), "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -41,14 +41,16 @@ async def test_wrong_method_is_a_405_problem(client: httpx.AsyncClient) -> None:
 
 
 async def test_malformed_json_is_a_400(client: httpx.AsyncClient) -> None:
-    response = await client.post("/_test/orders", content=b'{"price": {"amount": 1,',
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/_test/orders", content=b'{"price": {"amount": 1,', headers={"content-type": "application/json"}
+    )
     assert_problem(response, 400, "malformed_json")
 
 
 async def test_wrong_content_type_is_a_415(client: httpx.AsyncClient) -> None:
-    response = await client.post("/_test/orders", content=b"price=100", headers={
-        "content-type": "application/x-www-form-urlencoded"})
+    response = await client.post(
+        "/_test/orders", content=b"price=100", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert_problem(response, 415, "unsupported_media_type")
     no_type = await client.post("/_test/orders", content=b'{"price": {"amount": 100, "currency": "TRY"}}')
     assert_problem(no_type, 415, "unsupported_media_type")
@@ -59,21 +61,23 @@ def _two_megabytes_of_json() -> bytes:
 
 
 async def test_a_2mb_body_with_content_length_is_a_413(client: httpx.AsyncClient) -> None:
-    response = await client.post("/_test/orders", content=_two_megabytes_of_json(),
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/_test/orders", content=_two_megabytes_of_json(), headers={"content-type": "application/json"}
+    )
     assert "content-length" in response.request.headers
     body = assert_problem(response, 413, "payload_too_large")
     assert "1048576" in body["detail"]
 
 
 @pytest.mark.parametrize("idempotency_key", [None, "chunked-2mb"])
-async def test_a_2mb_chunked_body_without_content_length_is_a_413(client: httpx.AsyncClient,
-                                                                 idempotency_key: str | None) -> None:
+async def test_a_2mb_chunked_body_without_content_length_is_a_413(
+    client: httpx.AsyncClient, idempotency_key: str | None
+) -> None:
     payload = _two_megabytes_of_json()
 
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(payload), 64 * 1024):
-            yield payload[start:start + 64 * 1024]
+            yield payload[start : start + 64 * 1024]
 
     headers = {"content-type": "application/json"}
     if idempotency_key:  # the idempotency middleware reads the body before FastAPI does
@@ -85,8 +89,9 @@ async def test_a_2mb_chunked_body_without_content_length_is_a_413(client: httpx.
 
 
 async def test_unknown_fields_are_refused(client: httpx.AsyncClient) -> None:
-    response = await client.post("/_test/orders", json={"price": {"amount": 100, "currency": "TRY"},
-                                                        "discount": 5})
+    response = await client.post(
+        "/_test/orders", json={"price": {"amount": 100, "currency": "TRY"}, "discount": 5}
+    )
     body = assert_problem(response, 422, "validation_error")
     assert {"loc": ["body", "discount"], "msg": "Extra inputs are not permitted"} in body["errors"]
 
@@ -119,8 +124,12 @@ async def test_a_given_request_id_is_kept_and_echoed(client: httpx.AsyncClient) 
     assert forged.headers["x-request-id"] != "bad id\nwith newline"
 
 
-PRODUCTION = {"env": "production", "secret_key": "k" * 48, "captcha_provider": "turnstile",
-              "sandbox_webhook_secret": "whsec_cHJvZHVjdGlvbi1zYW5kYm94LXNlY3JldC0wMTIzNDU2Nzg5"}
+PRODUCTION = {
+    "env": "production",
+    "secret_key": "k" * 48,
+    "captcha_provider": "turnstile",
+    "sandbox_webhook_secret": "whsec_cHJvZHVjdGlvbi1zYW5kYm94LXNlY3JldC0wMTIzNDU2Nzg5",
+}
 
 
 class TestProduction:
@@ -128,10 +137,14 @@ class TestProduction:
     def settings_overrides(self) -> dict[str, Any]:
         return dict(PRODUCTION)
 
-    async def test_a_crash_is_a_500_without_internal_detail(self, client: httpx.AsyncClient,
-                                                           logs: LogCapture) -> None:
-        response = await client.post("/_test/work", json={"value": "boom", "fail": "raise"},
-                                     headers={"x-request-id": "trace-500-abcdef"})
+    async def test_a_crash_is_a_500_without_internal_detail(
+        self, client: httpx.AsyncClient, logs: LogCapture
+    ) -> None:
+        response = await client.post(
+            "/_test/work",
+            json={"value": "boom", "fail": "raise"},
+            headers={"x-request-id": "trace-500-abcdef"},
+        )
         body = assert_problem(response, 500, "internal_error")
         assert body["trace_id"] == "trace-500-abcdef"
         assert set(body) == PROBLEM_FIELDS

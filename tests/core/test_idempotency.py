@@ -52,10 +52,14 @@ async def test_the_same_key_with_another_request_is_422(client: httpx.AsyncClien
     user = await factory.user()
     headers = keyed("reused", bearer(user))
     assert (await client.post("/_test/work", json={"value": "a"}, headers=headers)).status_code == 201
-    assert_problem(await client.post("/_test/work", json={"value": "b"}, headers=headers),
-                   422, "idempotency_key_reused")
-    assert_problem(await client.post("/_test/orders", json={"value": "a"}, headers=headers),
-                   422, "idempotency_key_reused")  # another path is another request
+    assert_problem(
+        await client.post("/_test/work", json={"value": "b"}, headers=headers), 422, "idempotency_key_reused"
+    )
+    assert_problem(
+        await client.post("/_test/orders", json={"value": "a"}, headers=headers),
+        422,
+        "idempotency_key_reused",
+    )  # another path is another request
     assert probe.executions == {"a": 1}
 
 
@@ -76,13 +80,15 @@ async def test_concurrent_duplicates_run_once(client: httpx.AsyncClient) -> None
 
 
 @pytest.mark.postgres_only
-async def test_concurrent_duplicates_of_an_authenticated_caller(client: httpx.AsyncClient,
-                                                                factory: Factory) -> None:
+async def test_concurrent_duplicates_of_an_authenticated_caller(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
     user = await factory.user()
     request = {"value": "slow-user", "delay": 0.4}
     headers = keyed("concurrent", bearer(user))
-    responses = await asyncio.gather(*[client.post("/_test/work", json=request, headers=headers)
-                                       for _ in range(3)])
+    responses = await asyncio.gather(
+        *[client.post("/_test/work", json=request, headers=headers) for _ in range(3)]
+    )
     assert sorted(r.status_code for r in responses) == [201, 409, 409]
     assert probe.executions["slow-user"] == 1
 
@@ -99,8 +105,9 @@ async def test_a_5xx_releases_the_key(client: httpx.AsyncClient, factory: Factor
     assert retry.json()["execution"] == 2
 
 
-async def test_keys_are_kept_for_the_configured_hours(client: httpx.AsyncClient, factory: Factory,
-                                                      clock: FrozenClock, settings: Settings) -> None:
+async def test_keys_are_kept_for_the_configured_hours(
+    client: httpx.AsyncClient, factory: Factory, clock: FrozenClock, settings: Settings
+) -> None:
     user = await factory.user()
     request = {"value": "daily"}
     first = await client.post("/_test/work", json=request, headers=keyed("k", bearer(user)))
@@ -117,8 +124,9 @@ async def test_keys_are_kept_for_the_configured_hours(client: httpx.AsyncClient,
     assert (await client.post("/_test/work", json=request, headers=headers)).json()["execution"] == 2
 
 
-async def test_keys_are_scoped_per_caller(app: FastAPI, client: httpx.AsyncClient, factory: Factory,
-                                          settings: Settings, clock: FrozenClock) -> None:
+async def test_keys_are_scoped_per_caller(
+    app: FastAPI, client: httpx.AsyncClient, factory: Factory, settings: Settings, clock: FrozenClock
+) -> None:
     alice, bob = await factory.user(), await factory.user()
     request = {"value": "shared-key"}
     first_token = bearer(alice)
@@ -143,8 +151,9 @@ async def test_keys_are_scoped_per_caller(app: FastAPI, client: httpx.AsyncClien
 async def test_a_401_is_not_stored(client: httpx.AsyncClient) -> None:
     headers = keyed("k", {"Authorization": "Bearer not-a-token"})
     for _ in range(2):
-        response = await client.post("/api/v1/api-keys", json={"name": "x", "scopes": ["escrows:read"]},
-                                     headers=headers)
+        response = await client.post(
+            "/api/v1/api-keys", json={"name": "x", "scopes": ["escrows:read"]}, headers=headers
+        )
         assert_problem(response, 401, "unauthorized")
         assert "idempotent-replayed" not in response.headers
 

@@ -31,13 +31,15 @@ async def test_access_log_line(client: httpx.AsyncClient, factory: Factory, logs
     assert line["level"] == "info" and line["timestamp"].endswith("Z")
 
 
-async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, factory: Factory,
-                                           logs: LogCapture) -> None:
+async def test_secrets_never_reach_the_log(
+    client: httpx.AsyncClient, factory: Factory, logs: LogCapture
+) -> None:
     user = await factory.user()
     headers = bearer(user)
     token = headers["Authorization"].removeprefix("Bearer ")
-    api_key = (await client.post("/api/v1/api-keys", json={"name": "k", "scopes": ["escrows:read"]},
-                                 headers=headers)).json()["key"]
+    api_key = (
+        await client.post("/api/v1/api-keys", json={"name": "k", "scopes": ["escrows:read"]}, headers=headers)
+    ).json()["key"]
     sneaky = {"User-Agent": f"curl Bearer {token} otp={OTP}", "X-Card": CARD, "Cookie": f"session={token}"}
     # In headers and bodies, in an error's message (500), in structured and free-text log fields, and in a
     # validation error that echoes nothing but the field names.
@@ -54,17 +56,20 @@ async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, factory: F
     assert REDACTED in text
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Authorization: Bearer abc.def.ghi", "Authorization: [redacted]"),
-    ("card 4111-1111-1111-1111 declined", "card [redacted] declined"),
-    ("your code: 123456", "your code: [redacted]"),
-    ('{"password": "pw", "note": "ok"}', '{"password": "[redacted]", "note": "ok"}'),
-    ("key emk_abcDEF123_-x used", "key [redacted] used"),
-    ("secret whsec_c2VjcmV0 rotated", "secret [redacted] rotated"),
-    # Not secrets: ids, amounts, timings and numbers that fail the card checksum stay readable.
-    ("payment pay_01jabc of 125000 TRY took 12 ms", "payment pay_01jabc of 125000 TRY took 12 ms"),
-    ("order 4111111111111112", "order 4111111111111112"),
-    ("phone +905551234567", "phone +905551234567"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer abc.def.ghi", "Authorization: [redacted]"),
+        ("card 4111-1111-1111-1111 declined", "card [redacted] declined"),
+        ("your code: 123456", "your code: [redacted]"),
+        ('{"password": "pw", "note": "ok"}', '{"password": "[redacted]", "note": "ok"}'),
+        ("key emk_abcDEF123_-x used", "key [redacted] used"),
+        ("secret whsec_c2VjcmV0 rotated", "secret [redacted] rotated"),
+        # Not secrets: ids, amounts, timings and numbers that fail the card checksum stay readable.
+        ("payment pay_01jabc of 125000 TRY took 12 ms", "payment pay_01jabc of 125000 TRY took 12 ms"),
+        ("order 4111111111111112", "order 4111111111111112"),
+        ("phone +905551234567", "phone +905551234567"),
+    ],
+)
 def test_scrub_text(text: str, expected: str) -> None:
     assert scrub_text(text) == expected

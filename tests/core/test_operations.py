@@ -18,7 +18,10 @@ async def test_liveness_and_readiness(client: httpx.AsyncClient) -> None:
     assert ready.status_code == 200, ready.text
     checks = ready.json()["checks"]
     assert {name: check["status"] for name, check in checks.items() if check["required"]} == {
-        "database": "ok", "cache": "ok", "storage": "ok"}
+        "database": "ok",
+        "cache": "ok",
+        "storage": "ok",
+    }
     assert all(check["latency_ms"] >= 0 for check in checks.values())
 
 
@@ -27,8 +30,9 @@ class TestRedisDown:
     def settings_overrides(self) -> dict[str, Any]:
         return {"redis_url": "redis://127.0.0.1:1/0"}
 
-    async def test_readiness_is_503_when_a_required_dependency_is_down(self,
-                                                                       client: httpx.AsyncClient) -> None:
+    async def test_readiness_is_503_when_a_required_dependency_is_down(
+        self, client: httpx.AsyncClient
+    ) -> None:
         response = await client.get("/health/ready")
         assert response.status_code == 503
         body = response.json()
@@ -81,8 +85,10 @@ async def test_metrics_by_route_template_status_and_pool(client: httpx.AsyncClie
     assert delta("emanet_http_requests_total", method="GET", route="/api/v1/me", status="200") == 2
     assert delta("emanet_http_requests_total", method="GET", route="/api/v1/me", status="401") == 1
     # The route template, not the raw path: ids never explode the label set.
-    assert delta("emanet_http_requests_total", method="DELETE", route="/api/v1/api-keys/{key_id}",
-                 status="404") == 1
+    assert (
+        delta("emanet_http_requests_total", method="DELETE", route="/api/v1/api-keys/{key_id}", status="404")
+        == 1
+    )
     assert "key_does_not_exist" not in after
     assert delta("emanet_http_request_duration_seconds_count", method="GET", route="/api/v1/me") == 3
     assert _sample(after, "emanet_db_pool_connections", state="size") >= 1
@@ -110,8 +116,11 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
                     if media_type == "application/json":
                         assert content.get("schema"), f"{where} {code} has no response schema"
             errors = {code: responses[code].get("content", {}) for code in responses if code[0] in "45"}
-            problems = [code for code, content in errors.items()
-                        if content == {"application/problem+json": {"schema": {"$ref": PROBLEM_REF}}}]
+            problems = [
+                code
+                for code, content in errors.items()
+                if content == {"application/problem+json": {"schema": {"$ref": PROBLEM_REF}}}
+            ]
             assert {"401", "404", "422", "429", "500"} <= set(problems), f"{where} does not document problems"
             assert all(m.get("schema") for content in errors.values() for m in content.values()), where
             if "requestBody" in operation:
@@ -125,14 +134,18 @@ class TestCors:
         return {"cors_origins": ["https://shop.example"]}
 
     async def test_origins_come_from_settings(self, client: httpx.AsyncClient) -> None:
-        preflight = {"Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "idempotency-key"}
-        allowed = await client.options("/api/v1/api-keys",
-                                       headers={"Origin": "https://shop.example", **preflight})
+        preflight = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "idempotency-key",
+        }
+        allowed = await client.options(
+            "/api/v1/api-keys", headers={"Origin": "https://shop.example", **preflight}
+        )
         assert allowed.status_code == 200
         assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
-        refused = await client.options("/api/v1/api-keys",
-                                       headers={"Origin": "https://evil.example", **preflight})
+        refused = await client.options(
+            "/api/v1/api-keys", headers={"Origin": "https://evil.example", **preflight}
+        )
         assert "access-control-allow-origin" not in refused.headers
         simple = await client.get("/health/live", headers={"Origin": "https://shop.example"})
         exposed = set(simple.headers["access-control-expose-headers"].lower().replace(" ", "").split(","))

@@ -25,8 +25,9 @@ LIMITS = {"rate_limit_anonymous": "3/second", "rate_limit_default": "4/second", 
 WINDOW_SECONDS = 1.1
 
 
-async def exhaust(client: httpx.AsyncClient, allowed: int,
-                  headers: dict[str, str] | None = None) -> httpx.Response:
+async def exhaust(
+    client: httpx.AsyncClient, allowed: int, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """Spend the window's budget, checking the countdown, and return the first refusal."""
     for spent in range(1, allowed + 1):
         response = await client.get("/_test/ping", headers=headers)
@@ -45,8 +46,9 @@ async def exhaust(client: httpx.AsyncClient, allowed: int,
 
 
 class RateLimitCases:
-    async def test_anonymous_calls_are_limited_per_ip_and_recover(self, app: FastAPI,
-                                                                  client: httpx.AsyncClient) -> None:
+    async def test_anonymous_calls_are_limited_per_ip_and_recover(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
         refused = await exhaust(client, 3)
         assert '"anonymous"' in refused.headers["ratelimit-policy"]
         async with client_from(app, "198.51.100.77") as neighbour:
@@ -56,8 +58,9 @@ class RateLimitCases:
         assert recovered.status_code == 200
         assert recovered.headers["ratelimit-remaining"] == "2"
 
-    async def test_authenticated_calls_are_limited_per_user(self, client: httpx.AsyncClient,
-                                                            factory: Factory) -> None:
+    async def test_authenticated_calls_are_limited_per_user(
+        self, client: httpx.AsyncClient, factory: Factory
+    ) -> None:
         alice, bob = await factory.user(), await factory.user()
         refused = await exhaust(client, 4, bearer(alice))
         assert '"default"' in refused.headers["ratelimit-policy"]
@@ -66,8 +69,9 @@ class RateLimitCases:
         await asyncio.sleep(WINDOW_SECONDS)
         assert (await client.get("/_test/ping", headers=bearer(alice))).status_code == 200
 
-    async def test_sensitive_routes_have_a_tighter_tier(self, client: httpx.AsyncClient, factory: Factory,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_sensitive_routes_have_a_tighter_tier(
+        self, client: httpx.AsyncClient, factory: Factory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setitem(ROUTE_TIERS, "/_test/tiered", "rate_limit_otp")
         user = await factory.user()
         for remaining in ("1", "0"):

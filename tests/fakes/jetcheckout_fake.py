@@ -54,8 +54,14 @@ class FakeOrder:
 
 
 class JetcheckoutFake:
-    def __init__(self, api_key: str, secret_key: str, *, fee_rate: Decimal = Decimal("0.0279"),
-                 server: RecordingServer | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        secret_key: str,
+        *,
+        fee_rate: Decimal = Decimal("0.0279"),
+        server: RecordingServer | None = None,
+    ) -> None:
         self.api_key = api_key
         self.secret_key = secret_key
         self.fee_rate = fee_rate
@@ -67,8 +73,12 @@ class JetcheckoutFake:
     def __enter__(self) -> JetcheckoutFake:
         if self._owns_server:
             self.server.start()
-        for path, handler in (("prepare", self._prepare), ("status", self._status), ("refund", self._refund),
-                              ("cancel", self._cancel)):
+        for path, handler in (
+            ("prepare", self._prepare),
+            ("status", self._status),
+            ("refund", self._refund),
+            ("cancel", self._cancel),
+        ):
             self.server.expect_request(f"/api/v1/payment/{path}", method="POST").respond_with_handler(handler)
         return self
 
@@ -127,13 +137,22 @@ class JetcheckoutFake:
             return _json({"response_code": "00404", "message": "Transaction not found"})
         successful, code, message = OUTCOMES[order.outcome]
         answer: dict[str, Any] = {
-            "response_code": "00200", "message": "Success", "successful": successful,
-            "completed": order.completed, "cancelled": order.cancelled, "is_3d": True,
-            "amount": float(order.amount), "currency": order.currency,
+            "response_code": "00200",
+            "message": "Success",
+            "successful": successful,
+            "completed": order.completed,
+            "cancelled": order.cancelled,
+            "is_3d": True,
+            "amount": float(order.amount),
+            "currency": order.currency,
             "commission_amount": float((order.amount * self.fee_rate).quantize(Decimal("0.01"))),
-            "expected_cost_rate": float(self.fee_rate * 100), "transaction_id": f"jt_{order.order_id}",
-            "virtual_pos_name": "Fake Bank", "auth_code": "123456" if successful else "",
-            "service_ref_id": "ref", "card_number": "454360******4567", "card_family": "Bonus",
+            "expected_cost_rate": float(self.fee_rate * 100),
+            "transaction_id": f"jt_{order.order_id}",
+            "virtual_pos_name": "Fake Bank",
+            "auth_code": "123456" if successful else "",
+            "service_ref_id": "ref",
+            "card_number": "454360******4567",
+            "card_family": "Bonus",
             "card_program": "VISA",
         }
         if not successful:
@@ -149,8 +168,13 @@ class JetcheckoutFake:
         if not isinstance(body.get("amount"), int) or order.refunded_minor + body["amount"] > total_minor:
             return _json({"response_code": "00111", "message": "Refund amount is not valid"})
         order.refunded_minor += body["amount"]
-        return _json({"response_code": "00", "message": "Success",
-                      "transaction_id": f"jr_{order.order_id}_{order.refunded_minor}"})
+        return _json(
+            {
+                "response_code": "00",
+                "message": "Success",
+                "transaction_id": f"jr_{order.order_id}_{order.refunded_minor}",
+            }
+        )
 
     def _cancel(self, request: Request) -> Response:
         body = json.loads(request.get_data())

@@ -18,8 +18,11 @@ from typing import Any
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-DECLINES = {"insufficient_funds": ("51", "INSUFFICIENT_FUNDS"), "declined": ("05", "DECLINED"),
-            "3ds_failed": ("3D", "3-D Secure transaction attempt failed")}
+DECLINES = {
+    "insufficient_funds": ("51", "INSUFFICIENT_FUNDS"),
+    "declined": ("05", "DECLINED"),
+    "3ds_failed": ("3D", "3-D Secure transaction attempt failed"),
+}
 CARD_BRANDS = {"mada": "mada", "card": "visa", "apple_pay": "visa"}
 
 
@@ -36,8 +39,9 @@ class RecordingServer(HTTPServer):
 
 
 class MoyasarFake:
-    def __init__(self, secret_key: str, webhook_token: str, *, fee: int = 230,
-                 server: RecordingServer | None = None) -> None:
+    def __init__(
+        self, secret_key: str, webhook_token: str, *, fee: int = 230, server: RecordingServer | None = None
+    ) -> None:
         self.secret_key = secret_key
         self.webhook_token = webhook_token
         self.fee = fee
@@ -83,10 +87,19 @@ class MoyasarFake:
 
     def pay_invoice(self, invoice_id: str, outcome: str = "paid", method: str = "mada") -> dict[str, Any]:
         invoice = self.invoices[invoice_id]
-        payment = self._new_payment(invoice["amount"], invoice["currency"], invoice["description"],
-                                    {"type": "creditcard", "company": CARD_BRANDS.get(method, "visa"),
-                                     "name": "Sara A", "number": "4201-32XX-XXXX-1010", "month": 9,
-                                     "year": 2030})
+        payment = self._new_payment(
+            invoice["amount"],
+            invoice["currency"],
+            invoice["description"],
+            {
+                "type": "creditcard",
+                "company": CARD_BRANDS.get(method, "visa"),
+                "name": "Sara A",
+                "number": "4201-32XX-XXXX-1010",
+                "month": 9,
+                "year": 2030,
+            },
+        )
         payment["invoice_id"] = invoice_id
         if outcome == "paid":
             payment.update(status="paid", fee=self.fee)
@@ -96,22 +109,36 @@ class MoyasarFake:
         invoice["payments"].append(payment)
         return payment
 
-    def webhook_body(self, event_type: str, payment: dict[str, Any], *, token: str | None = None,
-                     event_id: str | None = None) -> bytes:
-        return json.dumps({
-            "id": event_id or str(uuid.uuid4()), "type": event_type, "created_at": "2026-11-22T09:00:00.000Z",
-            "secret_token": self.webhook_token if token is None else token, "account_name": "Emanet",
-            "live": False, "data": payment,
-        }).encode()
+    def webhook_body(
+        self,
+        event_type: str,
+        payment: dict[str, Any],
+        *,
+        token: str | None = None,
+        event_id: str | None = None,
+    ) -> bytes:
+        return json.dumps(
+            {
+                "id": event_id or str(uuid.uuid4()),
+                "type": event_type,
+                "created_at": "2026-11-22T09:00:00.000Z",
+                "secret_token": self.webhook_token if token is None else token,
+                "account_name": "Emanet",
+                "live": False,
+                "data": payment,
+            }
+        ).encode()
 
     def fail_next(self, method: str, uri: str | re.Pattern[str], status: int = 503, times: int = 1) -> None:
         for _ in range(times):
             self.server.expect_oneshot_request(uri, method=method).respond_with_data("bad gateway", status)
 
-    def hang_next(self, method: str, uri: str | re.Pattern[str], seconds: float, *,
-                  process: bool = False) -> None:
+    def hang_next(
+        self, method: str, uri: str | re.Pattern[str], seconds: float, *, process: bool = False
+    ) -> None:
         """Answer the next matching request too late; with ``process`` it takes effect first (the
         provider did the work and only the answer is lost)."""
+
         def slow(request: Request) -> Response:
             answer = self.server.handlers.match(request).respond(request) if process else Response("late")
             time.sleep(seconds)
@@ -132,14 +159,30 @@ class MoyasarFake:
             return _json({"type": "authentication_error", "message": "Invalid credentials"}, 401)
         body = json.loads(request.get_data())
         if not isinstance(body.get("amount"), int) or body["amount"] < 100:
-            return _json({"type": "invalid_request_error", "message": "Validation Failed",
-                          "errors": {"amount": ["must be an integer of at least 100"]}}, 400)
+            return _json(
+                {
+                    "type": "invalid_request_error",
+                    "message": "Validation Failed",
+                    "errors": {"amount": ["must be an integer of at least 100"]},
+                },
+                400,
+            )
         if body.get("given_id") in self.by_given_id:
             return _json(self.payments[self.by_given_id[body["given_id"]]], 201)
         token = body["source"]["token"]
-        payment = self._new_payment(body["amount"], body["currency"], body.get("description"),
-                                    {"type": "token", "company": "mada", "name": "Sara A",
-                                     "number": "4464-04XX-XXXX-1234", "month": 9, "year": 2030})
+        payment = self._new_payment(
+            body["amount"],
+            body["currency"],
+            body.get("description"),
+            {
+                "type": "token",
+                "company": "mada",
+                "name": "Sara A",
+                "number": "4464-04XX-XXXX-1234",
+                "month": 9,
+                "year": 2030,
+            },
+        )
         payment["callback_url"] = body.get("callback_url")
         payment["metadata"] = body.get("metadata")
         self.by_given_id[body["given_id"]] = payment["id"]
@@ -162,8 +205,11 @@ class MoyasarFake:
         amount = json.loads(request.get_data() or b"{}").get("amount", None)
         if payment is None:
             return _json({"type": "api_error", "message": "Object not found"}, 404)
-        if payment["status"] not in {"paid", "refunded"} or not isinstance(amount, int) \
-                or payment["refunded"] + amount > payment["amount"]:
+        if (
+            payment["status"] not in {"paid", "refunded"}
+            or not isinstance(amount, int)
+            or payment["refunded"] + amount > payment["amount"]
+        ):
             return _json({"type": "invalid_request_error", "message": "Refund exceeds the payment"}, 400)
         payment["refunded"] += amount
         payment["status"] = "refunded"
@@ -174,10 +220,18 @@ class MoyasarFake:
             return _json({"type": "authentication_error", "message": "Invalid credentials"}, 401)
         body = json.loads(request.get_data())
         invoice_id = str(uuid.uuid4())
-        invoice = {"id": invoice_id, "status": "initiated", "amount": body["amount"],
-                   "currency": body["currency"], "description": body["description"],
-                   "url": f"{self.url}/invoices/{invoice_id}", "success_url": body.get("success_url"),
-                   "back_url": body.get("back_url"), "metadata": body.get("metadata"), "payments": []}
+        invoice = {
+            "id": invoice_id,
+            "status": "initiated",
+            "amount": body["amount"],
+            "currency": body["currency"],
+            "description": body["description"],
+            "url": f"{self.url}/invoices/{invoice_id}",
+            "success_url": body.get("success_url"),
+            "back_url": body.get("back_url"),
+            "metadata": body.get("metadata"),
+            "payments": [],
+        }
         self.invoices[invoice_id] = invoice
         return _json(invoice, 201)
 
@@ -185,11 +239,21 @@ class MoyasarFake:
         invoice = self.invoices.get(request.path.rsplit("/", 1)[-1])
         return _json(invoice) if invoice else _json({"type": "api_error", "message": "Object not found"}, 404)
 
-    def _new_payment(self, amount: int, currency: str, description: str | None,
-                     source: dict[str, Any]) -> dict[str, Any]:
-        payment = {"id": str(uuid.uuid4()), "status": "initiated", "amount": amount, "fee": 0,
-                   "currency": currency, "refunded": 0, "captured": 0, "description": description,
-                   "invoice_id": None, "source": {**source, "message": None, "transaction_url": None}}
+    def _new_payment(
+        self, amount: int, currency: str, description: str | None, source: dict[str, Any]
+    ) -> dict[str, Any]:
+        payment = {
+            "id": str(uuid.uuid4()),
+            "status": "initiated",
+            "amount": amount,
+            "fee": 0,
+            "currency": currency,
+            "refunded": 0,
+            "captured": 0,
+            "description": description,
+            "invoice_id": None,
+            "source": {**source, "message": None, "transaction_url": None},
+        }
         self.payments[payment["id"]] = payment
         return payment
 

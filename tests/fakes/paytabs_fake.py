@@ -69,17 +69,33 @@ class PaytabsFake:
         """The payer finishes the page; returns the signed form the browser posts to the return URL."""
         transaction = self.transactions[tran_ref]
         status, code, message = RESULTS[outcome]
-        transaction["payment_result"] = {"response_status": status, "response_code": code,
-                                         "response_message": message,
-                                         "transaction_time": "2026-11-22T09:00:00Z"}
-        transaction["payment_info"] = {"payment_method": "Visa", "card_type": "Credit", "card_scheme": "Visa",
-                                       "payment_description": "4111 11## #### 1111", "expiryMonth": 12,
-                                       "expiryYear": 2030}
+        transaction["payment_result"] = {
+            "response_status": status,
+            "response_code": code,
+            "response_message": message,
+            "transaction_time": "2026-11-22T09:00:00Z",
+        }
+        transaction["payment_info"] = {
+            "payment_method": "Visa",
+            "card_type": "Credit",
+            "card_scheme": "Visa",
+            "payment_description": "4111 11## #### 1111",
+            "expiryMonth": 12,
+            "expiryYear": 2030,
+        }
         if transaction.pop("tokenise", False):
             transaction["token"] = "2C4654BC67A3E935C6B691FD6C8374BD"
-        form = {"acquirerMessage": "", "acquirerRRN": "", "cartId": transaction["cart_id"],
-                "customerEmail": "sara@example.com", "respCode": code, "respMessage": message,
-                "respStatus": status, "token": transaction.get("token", ""), "tranRef": tran_ref}
+        form = {
+            "acquirerMessage": "",
+            "acquirerRRN": "",
+            "cartId": transaction["cart_id"],
+            "customerEmail": "sara@example.com",
+            "respCode": code,
+            "respMessage": message,
+            "respStatus": status,
+            "token": transaction.get("token", ""),
+            "tranRef": tran_ref,
+        }
         form["signature"] = self.sign_return(form)
         return form
 
@@ -112,8 +128,14 @@ class PaytabsFake:
     def _refused(self, request: Request, body: dict[str, Any]) -> Response | None:
         key, profile = request.headers.get("authorization"), body.get("profile_id")
         if key != self.server_key or profile != self.profile_id:
-            return _json({"code": 1, "message": "Authentication failed. Check authentication header.",
-                          "trace": "PMNT0402"}, 401)
+            return _json(
+                {
+                    "code": 1,
+                    "message": "Authentication failed. Check authentication header.",
+                    "trace": "PMNT0402",
+                },
+                401,
+            )
         return None
 
     def _request(self, request: Request) -> Response:
@@ -127,16 +149,31 @@ class PaytabsFake:
             return self._refund(body)
         tran_ref = f"TST26{len(self.transactions) + 1:010d}"
         self.transactions[tran_ref] = {
-            "tran_ref": tran_ref, "tran_type": "Sale", "cart_id": body["cart_id"],
-            "cart_description": body["cart_description"], "cart_currency": body["cart_currency"],
-            "cart_amount": str(body["cart_amount"]), "tran_currency": body["cart_currency"],
-            "tran_total": str(body["cart_amount"]), "tokenise": body.get("tokenise") == 2,
-            "customer_details": body.get("customer_details", {}), "refunded": Decimal(0),
+            "tran_ref": tran_ref,
+            "tran_type": "Sale",
+            "cart_id": body["cart_id"],
+            "cart_description": body["cart_description"],
+            "cart_currency": body["cart_currency"],
+            "cart_amount": str(body["cart_amount"]),
+            "tran_currency": body["cart_currency"],
+            "tran_total": str(body["cart_amount"]),
+            "tokenise": body.get("tokenise") == 2,
+            "customer_details": body.get("customer_details", {}),
+            "refunded": Decimal(0),
         }
-        return _json({"tran_ref": tran_ref, "tran_type": "Sale", "cart_id": body["cart_id"],
-                      "cart_currency": body["cart_currency"], "cart_amount": str(body["cart_amount"]),
-                      "callback": body.get("callback"), "return": body.get("return"),
-                      "redirect_url": f"{self.url}/payment/page/{tran_ref}", "profileId": self.profile_id})
+        return _json(
+            {
+                "tran_ref": tran_ref,
+                "tran_type": "Sale",
+                "cart_id": body["cart_id"],
+                "cart_currency": body["cart_currency"],
+                "cart_amount": str(body["cart_amount"]),
+                "callback": body.get("callback"),
+                "return": body.get("return"),
+                "redirect_url": f"{self.url}/payment/page/{tran_ref}",
+                "profileId": self.profile_id,
+            }
+        )
 
     def _refund(self, body: dict[str, Any]) -> Response:
         sale = self.transactions.get(body.get("tran_ref", ""))
@@ -147,11 +184,16 @@ class PaytabsFake:
         status, code, message = ("A", "R001", "Refunded") if allowed else ("D", "R401", "Amount exceeds sale")
         if allowed:
             sale["refunded"] += body["cart_amount"]
-        refund = {"tran_ref": tran_ref, "previous_tran_ref": sale["tran_ref"], "tran_type": "Refund",
-                  "cart_id": body["cart_id"], "cart_currency": body["cart_currency"],
-                  "cart_amount": str(body["cart_amount"]), "tran_currency": body["cart_currency"],
-                  "payment_result": {"response_status": status, "response_code": code,
-                                     "response_message": message}}
+        refund = {
+            "tran_ref": tran_ref,
+            "previous_tran_ref": sale["tran_ref"],
+            "tran_type": "Refund",
+            "cart_id": body["cart_id"],
+            "cart_currency": body["cart_currency"],
+            "cart_amount": str(body["cart_amount"]),
+            "tran_currency": body["cart_currency"],
+            "payment_result": {"response_status": status, "response_code": code, "response_message": message},
+        }
         self.transactions[tran_ref] = refund
         return _json(refund)
 

@@ -46,8 +46,14 @@ class FakeOrder:
 
 
 class PaytrFake:
-    def __init__(self, merchant_id: str, merchant_key: str, merchant_salt: str, *,
-                 server: RecordingServer | None = None) -> None:
+    def __init__(
+        self,
+        merchant_id: str,
+        merchant_key: str,
+        merchant_salt: str,
+        *,
+        server: RecordingServer | None = None,
+    ) -> None:
         self.merchant_id = merchant_id
         self.merchant_key = merchant_key
         self.merchant_salt = merchant_salt
@@ -60,8 +66,11 @@ class PaytrFake:
     def __enter__(self) -> PaytrFake:
         if self._owns_server:
             self.server.start()
-        for path, handler in (("/odeme/api/get-token", self._get_token), ("/odeme/durum-sorgu", self._status),
-                              ("/odeme/iade", self._refund)):
+        for path, handler in (
+            ("/odeme/api/get-token", self._get_token),
+            ("/odeme/durum-sorgu", self._status),
+            ("/odeme/iade", self._refund),
+        ):
             self.server.expect_request(path, method="POST").respond_with_handler(handler)
         return self
 
@@ -86,9 +95,16 @@ class PaytrFake:
         status = "success" if outcome == "success" else "failed"
         order.paid = status == "success"
         total = str(order.payment_amount)
-        form = {"merchant_oid": merchant_oid, "status": status, "total_amount": total,
-                "hash": self.sign(merchant_oid, self.merchant_salt, status, total),
-                "payment_amount": total, "currency": order.currency, "test_mode": "1", "payment_type": "card"}
+        form = {
+            "merchant_oid": merchant_oid,
+            "status": status,
+            "total_amount": total,
+            "hash": self.sign(merchant_oid, self.merchant_salt, status, total),
+            "payment_amount": total,
+            "currency": order.currency,
+            "test_mode": "1",
+            "payment_type": "card",
+        }
         if status == "failed":
             form["failed_reason_code"], form["failed_reason_msg"] = FAILURES[outcome]
         return urlencode(form).encode()
@@ -110,8 +126,18 @@ class PaytrFake:
     # ---- handlers
     def _get_token(self, request: Request) -> Response:
         f = request.form
-        signed = ("merchant_id", "user_ip", "merchant_oid", "email", "payment_amount", "user_basket",
-                  "no_installment", "max_installment", "currency", "test_mode")
+        signed = (
+            "merchant_id",
+            "user_ip",
+            "merchant_oid",
+            "email",
+            "payment_amount",
+            "user_basket",
+            "no_installment",
+            "max_installment",
+            "currency",
+            "test_mode",
+        )
         expected = self.sign(*(f[name] for name in signed), self.merchant_salt)
         if f["merchant_id"] != self.merchant_id or f["paytr_token"] != expected:
             return _json({"status": "failed", "reason": "paytr_token gonderilen bilgilerle uyusmuyor"})
@@ -137,11 +163,20 @@ class PaytrFake:
         if order is None or not order.paid:
             return _json({"status": "error", "err_no": "005", "err_msg": "Odeme bulunamadi"})
         amount = f"{Decimal(order.payment_amount) / 100:.2f}"
-        return _json({"status": "success", "payment_amount": amount, "payment_total": amount,
-                      "currency": order.currency, "taksit": "0", "kart_marka": "WORLD",
-                      "masked_pan": "545616****5454", "odeme_tipi": "KART", "test_mode": "1",
-                      "returns": [{"return_amount": f"{r:.2f}", "return_type": "iade"}
-                                  for r in order.returns]})
+        return _json(
+            {
+                "status": "success",
+                "payment_amount": amount,
+                "payment_total": amount,
+                "currency": order.currency,
+                "taksit": "0",
+                "kart_marka": "WORLD",
+                "masked_pan": "545616****5454",
+                "odeme_tipi": "KART",
+                "test_mode": "1",
+                "returns": [{"return_amount": f"{r:.2f}", "return_type": "iade"} for r in order.returns],
+            }
+        )
 
     def _refund(self, request: Request) -> Response:
         f = request.form
@@ -155,8 +190,15 @@ class PaytrFake:
         if (sum(order.returns) + amount) * 100 > order.payment_amount:
             return _json({"status": "error", "err_no": "006", "err_msg": "Iade tutari odemeyi asiyor"})
         order.returns.append(amount)
-        return _json({"status": "success", "is_test": 1, "merchant_oid": order.merchant_oid,
-                      "return_amount": f["return_amount"], "reference_no": f.get("reference_no", "")})
+        return _json(
+            {
+                "status": "success",
+                "is_test": 1,
+                "merchant_oid": order.merchant_oid,
+                "return_amount": f["return_amount"],
+                "reference_no": f.get("reference_no", ""),
+            }
+        )
 
 
 def _json(payload: dict[str, Any]) -> Response:

@@ -25,9 +25,15 @@ SECRET_KEY = "jc_secret_test"
 
 def make_settings(base_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "env": "test", "public_url": "https://emanet.test", "jetcheckout_api_key": API_KEY,
-        "jetcheckout_secret_key": SECRET_KEY, "jetcheckout_api_base": base_url, "jetcheckout_test_mode": True,
-        "provider_timeout_seconds": 0.3, "provider_max_attempts": 3, "provider_retry_initial_seconds": 0.01,
+        "env": "test",
+        "public_url": "https://emanet.test",
+        "jetcheckout_api_key": API_KEY,
+        "jetcheckout_secret_key": SECRET_KEY,
+        "jetcheckout_api_base": base_url,
+        "jetcheckout_test_mode": True,
+        "provider_timeout_seconds": 0.3,
+        "provider_max_attempts": 3,
+        "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
     }
     values.update(overrides)
@@ -56,11 +62,15 @@ def provider(fake: JetcheckoutFake) -> JetcheckoutProvider:
 
 
 def payment(payment_id: str = "pay_01jtest", amount: int = 125_050) -> CreatePayment:
-    return CreatePayment(payment_id=payment_id, amount=amount, currency="TRY", description="Escrow E-1001",
-                         return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return",
-                         customer=Customer(name="Ayse Yilmaz", email="ayse@example.com",
-                                           phone="+905551112233"),
-                         metadata={"payer_ip": "198.51.100.4"})
+    return CreatePayment(
+        payment_id=payment_id,
+        amount=amount,
+        currency="TRY",
+        description="Escrow E-1001",
+        return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return",
+        customer=Customer(name="Ayse Yilmaz", email="ayse@example.com", phone="+905551112233"),
+        metadata={"payer_ip": "198.51.100.4"},
+    )
 
 
 async def test_prepare_signs_the_order_and_redirects_to_the_hosted_page(provider, fake) -> None:
@@ -74,8 +84,10 @@ async def test_prepare_signs_the_order_and_redirects_to_the_hosted_page(provider
     assert sent["hash"] == fake.order_hash("pay_01jtest")  # base64(SHA-256(apikey + secret + id))
     assert sent["amount"] == "1250.50"  # exact decimal string, no float
     assert sent["mode"] == "T"
-    assert sent["url"]["card"] == {"result": "https://emanet.test/api/v1/payments/pay_01jtest/return",
-                                   "webhook": "https://emanet.test/api/v1/webhooks/jetcheckout"}
+    assert sent["url"]["card"] == {
+        "result": "https://emanet.test/api/v1/payments/pay_01jtest/return",
+        "webhook": "https://emanet.test/api/v1/webhooks/jetcheckout",
+    }
     assert "card_number" not in sent
 
 
@@ -118,8 +130,12 @@ async def test_decline_and_failed_3ds_come_back_as_failed_payments(provider, fak
 async def test_browser_return_claiming_success_is_overruled_by_the_status_query(provider, fake) -> None:
     created = await provider.create_payment(payment())
     # The payer never finished (or tampered with the success URL): the gateway knows no successful attempt.
-    claimed = {"order_id": created.reference, "status": "success", "response_code": "00",
-               "hash": fake.order_hash(created.reference)}
+    claimed = {
+        "order_id": created.reference,
+        "status": "success",
+        "response_code": "00",
+        "hash": fake.order_hash(created.reference),
+    }
 
     result = await provider.complete_payment(created.reference, claimed)
 
@@ -175,8 +191,9 @@ async def test_callback_is_verified_then_decided_by_the_status_query(provider, f
     fake.pay(created.reference, "success")
     body = urlencode({"order_id": created.reference, "hash": fake.order_hash(created.reference)}).encode()
 
-    event = await provider.parse_webhook({"content-type": "application/x-www-form-urlencoded"}, body,
-                                         "203.0.113.9")
+    event = await provider.parse_webhook(
+        {"content-type": "application/x-www-form-urlencoded"}, body, "203.0.113.9"
+    )
 
     assert (event.kind, event.status, event.payment_reference) == ("payment", "succeeded", created.reference)
     assert event.event_id == f"{created.reference}:succeeded"  # the same for every redelivery
@@ -210,8 +227,9 @@ async def test_unsigned_callback_claiming_success_does_not_take_effect(provider,
 
 
 async def test_webhook_ip_allowlist(fake) -> None:
-    adapter = get_provider("jetcheckout", make_settings(
-        fake.url, webhook_ip_allowlist={"jetcheckout": ["192.0.2.0/24"]}))
+    adapter = get_provider(
+        "jetcheckout", make_settings(fake.url, webhook_ip_allowlist={"jetcheckout": ["192.0.2.0/24"]})
+    )
 
     with pytest.raises(InvalidWebhookSignature):
         await adapter.parse_webhook({}, b"order_id=pay_x", "203.0.113.9")

@@ -26,9 +26,14 @@ WEBHOOK_TOKEN = "whtok_moyasar_test"
 
 def make_settings(base_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "env": "test", "moyasar_secret_key": SECRET_KEY, "moyasar_webhook_token": WEBHOOK_TOKEN,
-        "moyasar_api_base": base_url, "provider_timeout_seconds": 0.3, "provider_max_attempts": 3,
-        "provider_retry_initial_seconds": 0.01, "provider_retry_max_seconds": 0.02,
+        "env": "test",
+        "moyasar_secret_key": SECRET_KEY,
+        "moyasar_webhook_token": WEBHOOK_TOKEN,
+        "moyasar_api_base": base_url,
+        "provider_timeout_seconds": 0.3,
+        "provider_max_attempts": 3,
+        "provider_retry_initial_seconds": 0.01,
+        "provider_retry_max_seconds": 0.02,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -55,12 +60,23 @@ def provider(fake: MoyasarFake) -> MoyasarProvider:
     return adapter
 
 
-def payment(payment_id: str = "pay_01jmoyasar", *, token: str | None = None, method: str = "mada",
-            amount: int = 25_075) -> CreatePayment:
-    return CreatePayment(payment_id=payment_id, amount=amount, currency="SAR", description="Escrow E-2001",
-                         return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return", method=method,
-                         saved_card_token=token,
-                         metadata={"escrow_id": "esc_01j", "payer_ip": "198.51.100.4"})
+def payment(
+    payment_id: str = "pay_01jmoyasar",
+    *,
+    token: str | None = None,
+    method: str = "mada",
+    amount: int = 25_075,
+) -> CreatePayment:
+    return CreatePayment(
+        payment_id=payment_id,
+        amount=amount,
+        currency="SAR",
+        description="Escrow E-2001",
+        return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return",
+        method=method,
+        saved_card_token=token,
+        metadata={"escrow_id": "esc_01j", "payer_ip": "198.51.100.4"},
+    )
 
 
 async def test_hosted_invoice_redirect_then_mada_payment_succeeds(provider, fake) -> None:
@@ -164,7 +180,9 @@ async def test_partial_then_full_refund_of_an_invoice_payment(provider, fake) ->
     await provider.refund(created.reference, 15_075, "SAR", idempotency_key="rf_2")
     assert (await provider.get_payment(created.reference)).status == "refunded"
     assert [json.loads(b) for b in fake.calls("POST", f"/v1/payments/{paid['id']}/refund")] == [
-        {"amount": 10_000}, {"amount": 15_075}]
+        {"amount": 10_000},
+        {"amount": 15_075},
+    ]
 
     with pytest.raises(ProviderDeclined):
         await provider.refund(created.reference, 1, "SAR", idempotency_key="rf_3")
@@ -186,8 +204,12 @@ async def test_webhook_with_the_right_secret_token(provider, fake) -> None:
 
     event = await provider.parse_webhook({"content-type": "application/json"}, body, "203.0.113.9")
 
-    assert (event.event_id, event.type, event.kind, event.status) == ("evt_1", "payment_paid", "payment",
-                                                                      "succeeded")
+    assert (event.event_id, event.type, event.kind, event.status) == (
+        "evt_1",
+        "payment_paid",
+        "payment",
+        "succeeded",
+    )
     assert event.payment_reference == created.reference  # the invoice, which is what we stored
     assert event.amount == 25_075
     assert "secret_token" not in event.raw
@@ -206,8 +228,9 @@ async def test_webhook_with_a_wrong_token_tampered_body_or_no_configured_token(p
 
 
 async def test_unknown_webhook_event_is_acknowledged_as_other(provider, fake) -> None:
-    body = json.dumps({"id": "evt_9", "type": "balance_transferred", "secret_token": WEBHOOK_TOKEN,
-                       "data": {}}).encode()
+    body = json.dumps(
+        {"id": "evt_9", "type": "balance_transferred", "secret_token": WEBHOOK_TOKEN, "data": {}}
+    ).encode()
 
     event = await provider.parse_webhook({}, body)
 
@@ -225,6 +248,13 @@ def test_methods_per_currency(fake) -> None:
 async def test_method_not_offered_is_refused_before_any_call(provider, fake) -> None:
     with pytest.raises(UnsupportedOperation):
         await provider.create_payment(
-            CreatePayment(payment_id="pay_x", amount=1000, currency="USD", description="x",
-                          return_url="https://emanet.test/r", method="stc_pay"))
+            CreatePayment(
+                payment_id="pay_x",
+                amount=1000,
+                currency="USD",
+                description="x",
+                return_url="https://emanet.test/r",
+                method="stc_pay",
+            )
+        )
     assert fake.server.received == []

@@ -26,9 +26,14 @@ SERVER_KEY = "SJJN9LHTWK-J2KKDG2MKH-ZNKDDRZ6WN"
 
 def make_settings(base_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "env": "test", "public_url": "https://emanet.test", "paytabs_profile_id": str(PROFILE_ID),
-        "paytabs_server_key": SERVER_KEY, "paytabs_api_base": base_url, "provider_timeout_seconds": 0.3,
-        "provider_max_attempts": 3, "provider_retry_initial_seconds": 0.01,
+        "env": "test",
+        "public_url": "https://emanet.test",
+        "paytabs_profile_id": str(PROFILE_ID),
+        "paytabs_server_key": SERVER_KEY,
+        "paytabs_api_base": base_url,
+        "provider_timeout_seconds": 0.3,
+        "provider_max_attempts": 3,
+        "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
     }
     values.update(overrides)
@@ -56,13 +61,26 @@ def provider(fake: PaytabsFake) -> PaytabsProvider:
     return adapter
 
 
-def payment(payment_id: str = "pay_01jpaytabs", *, amount: int = 12_345, currency: str = "KWD",
-            method: str = "card", save_card: bool = False) -> CreatePayment:
-    return CreatePayment(payment_id=payment_id, amount=amount, currency=currency, description="Escrow E-3001",
-                         return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return", method=method,
-                         save_card=save_card, country="KW",
-                         customer=Customer(name="Sara A", email="sara@example.com", phone="+96550000000"),
-                         metadata={"payer_ip": "198.51.100.4"})
+def payment(
+    payment_id: str = "pay_01jpaytabs",
+    *,
+    amount: int = 12_345,
+    currency: str = "KWD",
+    method: str = "card",
+    save_card: bool = False,
+) -> CreatePayment:
+    return CreatePayment(
+        payment_id=payment_id,
+        amount=amount,
+        currency=currency,
+        description="Escrow E-3001",
+        return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return",
+        method=method,
+        save_card=save_card,
+        country="KW",
+        customer=Customer(name="Sara A", email="sara@example.com", phone="+96550000000"),
+        metadata={"payer_ip": "198.51.100.4"},
+    )
 
 
 async def test_hosted_page_request_with_exact_amount_and_server_key(provider, fake) -> None:
@@ -96,7 +114,11 @@ async def test_signed_return_is_verified_then_confirmed_by_query(provider, fake)
     assert (done.status, done.amount, done.currency) == ("succeeded", 12_345, "KWD")
     assert done.card is not None
     assert (done.card.brand, done.card.last4, done.card.exp_month, done.card.token) == (
-        "visa", "1111", 12, "2C4654BC67A3E935C6B691FD6C8374BD")
+        "visa",
+        "1111",
+        12,
+        "2C4654BC67A3E935C6B691FD6C8374BD",
+    )
     assert len(fake.calls("/payment/query")) == 1
 
 
@@ -178,7 +200,11 @@ async def test_partial_refund_and_refund_over_the_sale_amount(provider, fake) ->
     assert (refund.status, refund.amount) == ("succeeded", 2_345)
     sent = fake.calls("/payment/request")[-1]
     assert (sent["tran_type"], sent["tran_ref"], sent["cart_amount"], sent["cart_id"]) == (
-        "refund", created.reference, Decimal("2.345"), "rf_1")
+        "refund",
+        created.reference,
+        Decimal("2.345"),
+        "rf_1",
+    )
     with pytest.raises(ProviderDeclined) as refused:
         await provider.refund(created.reference, 10_001, "KWD", idempotency_key="rf_2")
     assert refused.value.decline_code == "R401"

@@ -28,9 +28,15 @@ MERCHANT_SALT = "MpkJG5FhAtNtYBDQ"
 
 def make_settings(base_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "env": "test", "paytr_merchant_id": MERCHANT_ID, "paytr_merchant_key": MERCHANT_KEY,
-        "paytr_merchant_salt": MERCHANT_SALT, "paytr_api_base": base_url, "paytr_test_mode": True,
-        "provider_timeout_seconds": 0.3, "provider_max_attempts": 3, "provider_retry_initial_seconds": 0.01,
+        "env": "test",
+        "paytr_merchant_id": MERCHANT_ID,
+        "paytr_merchant_key": MERCHANT_KEY,
+        "paytr_merchant_salt": MERCHANT_SALT,
+        "paytr_api_base": base_url,
+        "paytr_test_mode": True,
+        "provider_timeout_seconds": 0.3,
+        "provider_max_attempts": 3,
+        "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
     }
     values.update(overrides)
@@ -59,10 +65,15 @@ def provider(fake: PaytrFake) -> PaytrProvider:
 
 
 def payment(payment_id: str = "pay_01jpaytr", amount: int = 49_990, **metadata: str) -> CreatePayment:
-    return CreatePayment(payment_id=payment_id, amount=amount, currency="TRY", description="Escrow E-4001",
-                         return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return",
-                         customer=Customer(name="Mehmet K", email="mehmet@example.com", phone="05551112233"),
-                         metadata={"payer_ip": "198.51.100.4", **metadata})
+    return CreatePayment(
+        payment_id=payment_id,
+        amount=amount,
+        currency="TRY",
+        description="Escrow E-4001",
+        return_url=f"https://emanet.test/api/v1/payments/{payment_id}/return",
+        customer=Customer(name="Mehmet K", email="mehmet@example.com", phone="05551112233"),
+        metadata={"payer_ip": "198.51.100.4", **metadata},
+    )
 
 
 async def test_iframe_token_is_signed_and_opens_the_payment_frame(provider, fake) -> None:
@@ -100,8 +111,9 @@ async def test_success_callback_verified_and_answered_with_plain_ok(provider, fa
     created = await provider.create_payment(payment())
     body = fake.pay(created.reference, "success")
 
-    event = await provider.parse_webhook({"content-type": "application/x-www-form-urlencoded"}, body,
-                                         "203.0.113.9")
+    event = await provider.parse_webhook(
+        {"content-type": "application/x-www-form-urlencoded"}, body, "203.0.113.9"
+    )
     reply = provider.webhook_reply(event)
 
     assert (event.kind, event.status, event.payment_reference) == ("payment", "succeeded", created.reference)

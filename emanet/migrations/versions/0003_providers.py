@@ -73,8 +73,9 @@ def upgrade() -> None:
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("created_at", emanet.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", emanet.core.db.UTCDateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["card_token"], ["sandbox_cards.token"],
-                                name=op.f("fk_sandbox_charges_card_token_sandbox_cards")),
+        sa.ForeignKeyConstraint(
+            ["card_token"], ["sandbox_cards.token"], name=op.f("fk_sandbox_charges_card_token_sandbox_cards")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sandbox_charges")),
         sa.UniqueConstraint("payment_id", name=op.f("uq_sandbox_charges_payment_id")),
     )
@@ -87,8 +88,9 @@ def upgrade() -> None:
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", emanet.core.db.UTCDateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["charge_id"], ["sandbox_charges.id"],
-                                name=op.f("fk_sandbox_refunds_charge_id_sandbox_charges")),
+        sa.ForeignKeyConstraint(
+            ["charge_id"], ["sandbox_charges.id"], name=op.f("fk_sandbox_refunds_charge_id_sandbox_charges")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sandbox_refunds")),
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_sandbox_refunds_idempotency_key")),
     )

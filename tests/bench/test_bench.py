@@ -1,0 +1,314 @@
+"""Smoke tests of the benchmark's code paths (``make bench``). Nothing here asserts a speed: the targets are
+measured by the benchmark itself and reported in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy import func, select
+from standardwebhooks import Webhook
+from werkzeug import Request, Response
+
+from bench import ledger_load, loadgen, pg, profile, report, seed
+from bench.config import FULL, QUICK
+from emanet.core.clock import FrozenClock
+from emanet.core.db import Database
+from emanet.core.settings import Settings
+from emanet.escrow.models import Escrow
+from tests.conftest import BACKEND
+from tests.invariants import assert_ledger_invariants
+
+SECRET = "whsec_" + "c2VjcmV0LXVzZWQtb25seS1ieS10aGUtYmVuY2gtdGVzdHM="
+
+postgres_only = pytest.mark.skipif(BACKEND == "sqlite", reason="bulk loading and pgbench are PostgreSQL's")
+
+PGBENCH_OUTPUT = """pgbench (15.20 (Debian 15.20-0+deb12u1))
+transaction type: <builtin: TPC-B (sort of)>
+scaling factor: 10
+query mode: prepared
+number of clients: 8
+number of threads: 2
+maximum number of tries: 1
+duration: 30 s
+number of transactions actually processed: 48211
+number of failed transactions: 0 (0.000%)
+latency average = 4.977 ms
+initial connection time = 11.409 ms
+tps = 1607.402291 (without initial connection time)
+"""
+
+
+def test_pgbench_output_is_parsed() -> None:
+    result = pg.parse_pgbench(PGBENCH_OUTPUT, clients=8, seconds=30)
+    assert (result.tps, result.latency_ms, result.transactions) == (1607.402291, 4.977, 48211)
+    with pytest.raises(RuntimeError):
+        pg.parse_pgbench("pgbench: error: connection refused", clients=8, seconds=30)
+
+
+def test_quick_plan_is_a_smaller_full_plan() -> None:
+    assert QUICK.quick and not FULL.quick
+    assert QUICK.lifecycle_seconds < FULL.lifecycle_seconds and QUICK.scale_sizes[-1] < FULL.scale_sizes[-1]
+    assert FULL.scale_sizes == (10_000, 1_000_000) and FULL.pgbench_clients == (8, 32)
+    assert FULL.ledger_connections % FULL.ledger_processes == 0
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (loadgen.percentile(values, 50), loadgen.percentile(values, 99)) == (50.0, 99.0)
+    assert math.isnan(loadgen.percentile([], 99))
+
+
+def test_profile_summary_by_layer_and_self_time() -> None:
+    folded = "\n".join(
+        [
+            "run (asyncio/runners.py:1);post_entry (emanet/ledger/service.py:10);"
+            "execute (asyncpg/connection.py:5) 6",
+            "run (asyncio/runners.py:1);handler (emanet/escrow/router.py:3);"
+            "_flush (sqlalchemy/orm/session.py:9) 3",
+            "run (asyncio/runners.py:1);dumps (orjson:1) 1",
+        ]
+    )
+    summary = profile.summarize(folded)
+    layers = {x["layer"]: x["pct"] for x in summary["layers"]}
+    assert summary["samples"] == 10
+    assert (
+        layers["emanet ledger"] == 60.0
+        and layers["asyncpg driver"] == 60.0
+        and layers["SQLAlchemy ORM"] == 30.0
+    )
+    assert summary["self"][0] == {"function": "execute (asyncpg/connection.py)", "pct": 60.0}
+
+
+def _lifecycle_server(httpserver: HTTPServer, calls: dict[str, int]) -> None:
+    """A stand-in for Emanet that checks what the load generator sends: bearer tokens, JSON bodies, and a
+    webhook that verifies with the Standard Webhooks library."""
+
+    def handler(request: Request) -> Response:
+        path = request.path
+        if path == "/api/v1/webhooks/sandbox":
+            Webhook(SECRET).verify(request.get_data(), dict(request.headers))
+            event = orjson.loads(request.get_data())
+            assert event["type"] == "payment.succeeded" and event["data"]["reference"] == "ch_sandbox_1"
+            calls["webhook"] += 1
+            return Response(b'{"received": true}', 200, content_type="application/json")
+        assert request.headers["Authorization"] == "Bearer tok"
+        if path == "/api/v1/escrows":
+            assert orjson.loads(request.get_data())["seller_id"] == "usr_s"
+            calls["create"] += 1
+            body = {"id": "esc_1", "fees": {"total_due": {"amount": 102_500, "currency": "TRY"}}}
+            return Response(orjson.dumps(body), 201, content_type="application/json")
+        if path == "/api/v1/payments":
+            calls["pay"] += 1
+            return Response(
+                orjson.dumps({"id": "pay_1", "provider_reference": "ch_sandbox_1"}),
+                201,
+                content_type="application/json",
+            )
+        calls["release"] += 1
+        return Response(b'{"status": "released"}', 200, content_type="application/json")
+
+    httpserver.expect_request("/api/v1/escrows", method="POST").respond_with_handler(handler)
+    httpserver.expect_request("/api/v1/payments", method="POST").respond_with_handler(handler)
+    httpserver.expect_request("/api/v1/webhooks/sandbox", method="POST").respond_with_handler(handler)
+    httpserver.expect_request("/api/v1/escrows/esc_1/release", method="POST").respond_with_handler(handler)
+
+
+async def test_loadgen_runs_the_lifecycle(httpserver: HTTPServer) -> None:
+    calls = {"create": 0, "pay": 0, "webhook": 0, "release": 0}
+    _lifecycle_server(httpserver, calls)
+    result = await loadgen.run(
+        {
+            "host": httpserver.host,
+            "port": httpserver.port,
+            "scenario": "lifecycle",
+            "clients": 2,
+            "seconds": 1.0,
+            "warmup_seconds": 0.1,
+            "webhook_secret": SECRET,
+            "people": [{"token": "tok", "buyer_id": "usr_b", "seller_id": "usr_s"}],
+        }
+    )
+    assert result["client_failures"] == [] and result["error_samples"] == []
+    assert set(result["steps"]) == set(loadgen.LIFECYCLE_STEPS)
+    assert all(step["count"] > 0 and step["p99_ms"] >= step["p50_ms"] for step in result["steps"].values())
+    assert result["cycles_per_second"] > 0 and min(calls.values()) >= result["steps"]["release"]["count"]
+
+
+async def test_loadgen_counts_errors_and_reads(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/api/v1/escrows/esc_ok").respond_with_json({"id": "esc_ok"})
+    httpserver.expect_request("/api/v1/escrows/esc_gone").respond_with_json({"code": "not_found"}, status=404)
+    result = await loadgen.run(
+        {
+            "host": httpserver.host,
+            "port": httpserver.port,
+            "scenario": "get_escrow",
+            "clients": 3,
+            "seconds": 0.5,
+            "warmup_seconds": 0,
+            "paths": [
+                {"path": "/api/v1/escrows/esc_ok", "token": "t"},
+                {"path": "/api/v1/escrows/esc_gone", "token": "t"},
+            ],
+        }
+    )
+    step = result["steps"]["get_escrow"]
+    assert step["count"] > 0 and step["errors"].get("404", 0) > 0
+    assert result["loadgen_cpu_us_per_request"] is not None
+
+
+async def test_the_bench_webhook_is_what_the_sandbox_accepts(database: Database, clock: FrozenClock) -> None:
+    """The load generator signs its ``payment.succeeded`` events the way Emanet's sandbox verifies them."""
+    from emanet.providers.sandbox import SandboxProvider
+
+    clock.set(datetime.now(UTC))  # the generator signs with the wall clock
+    settings = Settings(env="test", database_url="sqlite+aiosqlite://", sandbox_webhook_secret=SECRET)
+    msg_id, body = loadgen.sandbox_event("ch_sandbox_9", "pay_9", 102_500, "TRY")
+    headers = loadgen.signed_headers(Webhook(SECRET), msg_id, body)
+    event = await SandboxProvider(settings, database).parse_webhook(headers, body)
+    assert (event.kind, event.status, event.payment_reference, event.amount) == (
+        "payment",
+        "succeeded",
+        "ch_sandbox_9",
+        102_500,
+    )
+
+
+def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
+    steps = {
+        s: {
+            "count": 100,
+            "per_second": 10.0,
+            "p50_ms": 5.0,
+            "p95_ms": 9.0,
+            "p99_ms": 12.0,
+            "max_ms": 20.0,
+            "errors": {},
+        }
+        for s in report.STEPS
+    }
+    run: dict[str, Any] = {
+        "window_s": 10.0,
+        "steps": steps,
+        "steps_per_second": 40.0,
+        "cycles_per_second": 10.0,
+        "cpu": {"cores_used": {"emanet server": 1.2}, "machine_busy_pct": 90.0},
+        "loadgen_cpu_s": 0.5,
+        "loadgen_cpu_us_per_request": 40.0,
+        "error_samples": [],
+    }
+    ledger = {"entries_per_second": 500.0, "postings_per_second": 1000.0, "client_cpu_s": 3.0, "errors": []}
+    results = {
+        "plan": {"quick": True, "server_workers": 2, "ledger_batch_size": 100},
+        "machine": {"cpus": 2},
+        "postgres": {"version": "15"},
+        "pgbench": [[{"clients": 8, "tps": 1000.0, "latency_ms": 8.0, "transactions": 30000, "seconds": 30}]],
+        "lifecycle": {"8": run},
+        "ledger": {"single": ledger, "batch": ledger},
+        "hordak": {"single": {**ledger, "entries_per_second": 100.0}},
+        "profile": {"samples": 0},
+        "scale": {
+            "sizes": {
+                "10000": {"load": {"load_and_vacuum_s": 1.0}, "lifecycle": run},
+                "1000000": {
+                    "load": {"load_and_vacuum_s": 100.0},
+                    "lifecycle": {**run, "steps_per_second": 36.0},
+                },
+            },
+            "stats": {"median_ms": 80.0},
+            "export": {"peak_rss_mb": 160.0},
+            "verify": {},
+        },
+    }
+    written = report.write(results, tmp_path / "benchmarks.md", tmp_path / "plots")
+    text = written.read_text()
+    assert "| lifecycle steps/s ÷ pgbench tps, 8 clients | 40.0 ÷ 1,000 | 0.04× |" in text  # noqa: RUF001
+    assert "| ledger ÷ django-hordak, single transfers | 500.0 ÷ 100.0 | 5.00× |" in text  # noqa: RUF001
+    assert "| throughput with 1,000,000 escrows ≥ 0.9× with 10,000 | 0.90× | **met** |" in text  # noqa: RUF001
+    assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
+    assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
+    if _has_matplotlib():
+        assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+            "throughput.png",
+            "latency.png",
+            "scale.png",
+        }
+        assert "![scale.png](plots/scale.png)" in text
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@postgres_only
+async def test_bulk_load_writes_a_valid_ledger(database: Database, database_url: str) -> None:
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    first = await seed.load(dsn, 0, 60, total=100, log=lambda _: None)
+    await seed.load(dsn, 60, 40, total=100, log=lambda _: None)  # a second load adds to the first
+    assert first["escrows"] == 60
+    assert await seed.verify(dsn) == {name: 0 for name in seed._VERIFY}
+    await assert_ledger_invariants(database)  # Emanet's own check agrees
+    async with database.transaction() as session:
+        by_status = dict(
+            (await session.execute(select(Escrow.status, func.count()).group_by(Escrow.status)))
+            .tuples()
+            .all()
+        )
+    assert by_status == {"released": 80, "cancelled": 12, "expired": 8}
+
+
+@postgres_only
+async def test_ledger_workload_moves_money_and_keeps_the_invariants(
+    database: Database, database_url: str
+) -> None:
+    funding = Database(ledger_load.ledger_settings(database_url, 2))
+    try:
+        await ledger_load.fund_wallets(funding, 8)
+    finally:
+        await funding.dispose()
+    for mode in ("single", "batch"):
+        result = await ledger_load.run(
+            {
+                "database_url": database_url,
+                "mode": mode,
+                "connections": 2,
+                "batch_size": 5,
+                "seconds": 0.4,
+                "warmup_seconds": 0,
+                "run_id": mode,
+                "process": 0,
+                "wallet_slices": [[0, 1, 2, 3], [4, 5, 6, 7]],
+            }
+        )
+        assert result["entries"] > 0
+    await assert_ledger_invariants(database)
+
+
+@postgres_only
+async def test_one_lifecycle_through_the_app_counts_its_round_trips(
+    factory: Any, database_url: str, clock: FrozenClock
+) -> None:
+    """The bench's lifecycle (escrow, sandbox payment, signed webhook, release) works against the real app,
+    and each step's statements are counted."""
+    from bench import roundtrips
+    from emanet.core.auth import issue_access_token
+    from tests.conftest import make_settings
+
+    clock.set(datetime.now(UTC))  # the bench signs webhooks with the wall clock
+    settings = make_settings(database_url, min_hold_hours=0, rate_limit_enabled=False, log_level="WARNING")
+    buyer, seller = await factory.user(), await factory.user()
+    person = {"token": issue_access_token(buyer, settings), "buyer_id": buyer.id, "seller_id": seller.id}
+    counted = await roundtrips.count(settings, person)
+    assert list(counted) == [*loadgen.LIFECYCLE_STEPS, "get_escrow"]
+    assert all(step["statements"] > 0 and step["commits"] >= 1 for step in counted.values())
+    assert counted["release"]["first_words"].get("INSERT ledger_entries") == 1
+    assert counted["webhook"]["first_words"].get("INSERT ledger_entries") == 1
