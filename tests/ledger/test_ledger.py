@@ -128,6 +128,7 @@ async def test_verify_finds_a_posting_altered_by_hand(database: Database) -> Non
 
 
 @pytest.mark.postgres_only
+@pytest.mark.timeout(600)
 async def test_verify_command_exits_non_zero_after_tampering(database: Database, database_url: str) -> None:
     import os
     import subprocess
@@ -138,14 +139,14 @@ async def test_verify_command_exits_non_zero_after_tampering(database: Database,
     env = {**os.environ, "EMANET_DATABASE_URL": database_url, "COLUMNS": "200"}
     command = [sys.executable, "-m", "emanet.cli", "ledger", "verify"]
     clean = await asyncio.to_thread(
-        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=240
     )
     assert clean.returncode == 0, clean.stdout + clean.stderr
     async with database.transaction() as session:
         await session.execute(text("SET LOCAL session_replication_role = replica"))
         await session.execute(text("UPDATE ledger_postings SET amount = 1999 WHERE amount = 2000"))
     tampered = await asyncio.to_thread(
-        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=240
     )
     assert tampered.returncode == 1
     assert "FAILED" in tampered.stdout and "provider:sandbox:clearing" in tampered.stdout

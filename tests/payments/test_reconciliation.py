@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from emanet.core.db import Database, new_id
@@ -108,6 +109,7 @@ async def test_reconciliation_reports_missing_and_mismatched(
     await assert_ledger_invariants(database)
 
 
+@pytest.mark.timeout(600)
 async def test_reconcile_job_and_command(
     live: Live, factory: Factory, database: Database, settings: Settings, database_url: str
 ) -> None:
@@ -118,13 +120,13 @@ async def test_reconcile_job_and_command(
     env = {**os.environ, "EMANET_DATABASE_URL": database_url, "COLUMNS": "200", "EMANET_LOG_LEVEL": "WARNING"}
     command = [sys.executable, "-m", "emanet.cli", "reconcile", "--provider", "sandbox", "--date", DAY]
     run = await asyncio.to_thread(
-        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=240
     )
     assert run.returncode == 1, run.stdout + run.stderr  # differences exit non-zero (for cron and CI)
     assert "1 missing, 0 extra, 1 mismatched" in run.stdout
     quiet_day = [*command[:-1], "2026-11-01"]
     clean = await asyncio.to_thread(
-        subprocess.run, quiet_day, env=env, capture_output=True, text=True, timeout=60
+        subprocess.run, quiet_day, env=env, capture_output=True, text=True, timeout=240
     )
     assert clean.returncode == 0, clean.stdout + clean.stderr
     async with database.transaction() as session:

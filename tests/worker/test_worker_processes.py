@@ -26,6 +26,7 @@ from tests.conftest import BACKEND
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(600),  # process start-up on a loaded machine (see ProcessWorker.started)
     pytest.mark.postgres_only,
     pytest.mark.skipif(BACKEND != "postgres", reason="worker processes share a PostgreSQL database"),
 ]
@@ -66,7 +67,13 @@ class WorkerProcess:
         return self.log_path.read_text()
 
     async def started(self) -> None:
-        await until(lambda: "worker_started" in self.log(), what=f"worker {self.pid} to start", log=self.log)
+        # A cold start imports every domain; on a loaded 2-core CI machine that has taken over 30 s.
+        await until(
+            lambda: "worker_started" in self.log(),
+            what=f"worker {self.pid} to start",
+            within=180,
+            log=self.log,
+        )
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
@@ -204,7 +211,7 @@ async def test_two_worker_processes_run_a_thousand_jobs_each_exactly_once(
                 )
             ).scalar_one() == 1000
 
-    await until(all_done, what="1,000 jobs to be done", within=45, log=lambda: pool[0].log()[-1500:])
+    await until(all_done, what="1,000 jobs to be done", within=120, log=lambda: pool[0].log()[-1500:])
     async with database.transaction() as session:
         runs = (
             await session.execute(
