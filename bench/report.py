@@ -1,0 +1,716 @@
+"""docs/benchmarks.md and its plots, from the results of one run (bench/results/<plan>/results.json).
+
+``python -m bench.report RESULTS.json OUT.md PLOTS_DIR`` re-renders a report without re-running anything.
+"""
+
+# ruff: noqa: E501 (the Markdown text reads better on long lines)
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+STEPS = ("create", "pay", "webhook", "release")
+STEP_NAMES = {
+    "create": "create escrow (`POST /api/v1/escrows`)",
+    "pay": "create sandbox payment (`POST /api/v1/payments`)",
+    "webhook": "signed provider webhook (`POST /api/v1/webhooks/sandbox`)",
+    "release": "release (`POST /api/v1/escrows/{id}/release`)",
+}
+
+
+def pgbench_tps(results: dict[str, Any], clients: int) -> float:
+    """Mean tps over the rounds at this concurrency (the full run measures before and after Emanet)."""
+    values = [
+        run["tps"] for round_ in results.get("pgbench", []) for run in round_ if run["clients"] == clients
+    ]
+    return sum(values) / len(values) if values else math.nan
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) and not math.isnan(a) else math.nan
+
+
+def fmt(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("**met**" if ok else "not met")
+
+
+def _safe(fn: Any, default: Any = math.nan) -> Any:
+    try:
+        return fn()
+    except (KeyError, IndexError, TypeError):
+        return default
+
+
+def ratios_and_targets(r: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
+    """(ratio rows, target rows) for the summary tables."""
+    ratio_rows: list[list[str]] = []
+    target_rows: list[list[str]] = []
+    for clients, run in r.get("lifecycle", {}).items():
+        tps = pgbench_tps(r, int(clients))
+        steps = run["steps_per_second"]
+        ratio_rows.append(
+            [
+                f"lifecycle steps/s ÷ pgbench tps, {clients} clients",
+                f"{fmt(steps, 1)} ÷ {fmt(tps)}",
+                fmt(ratio(steps, tps), 2) + "×",
+            ]
+        )
+        ratio_rows.append(
+            [
+                f"lifecycle cycles/s ÷ pgbench tps, {clients} clients",
+                f"{fmt(run['cycles_per_second'], 1)} ÷ {fmt(tps)}",
+                fmt(ratio(run["cycles_per_second"], tps), 2) + "×",
+            ]
+        )
+        value = ratio(steps, tps)
+        target_rows.append(
+            [
+                f"lifecycle steps/s ≥ 0.5× pgbench tps ({clients} clients; goal 1.0×)",
+                fmt(value, 2) + "×",
+                verdict(None if math.isnan(value) else value >= 0.5),
+            ]
+        )
+    ledger, hordak = r.get("ledger", {}), r.get("hordak", {})
+    base = pgbench_tps(r, 8)
+    single = _safe(lambda: ledger["single"]["entries_per_second"])
+    batch_postings = _safe(lambda: ledger["batch"]["postings_per_second"])
+    hordak_single = _safe(lambda: hordak["single"]["entries_per_second"])
+    hordak_batch = _safe(lambda: hordak["batch"]["entries_per_second"])
+    batch_entries = _safe(lambda: ledger["batch"]["entries_per_second"])
+    ratio_rows += [
+        [
+            "ledger single transfers/s ÷ pgbench tps (8)",
+            f"{fmt(single, 1)} ÷ {fmt(base)}",
+            fmt(ratio(single, base), 2) + "×",
+        ],
+        [
+            "ledger batched postings/s ÷ pgbench tps (8)",
+            f"{fmt(batch_postings, 1)} ÷ {fmt(base)}",
+            fmt(ratio(batch_postings, base), 2) + "×",
+        ],
+        [
+            "ledger ÷ django-hordak, single transfers",
+            f"{fmt(single, 1)} ÷ {fmt(hordak_single, 1)}",
+            fmt(ratio(single, hordak_single), 2) + "×",
+        ],
+        [
+            "ledger ÷ django-hordak, batched transfers",
+            f"{fmt(batch_entries, 1)} ÷ {fmt(hordak_batch, 1)}",
+            fmt(ratio(batch_entries, hordak_batch), 2) + "×",
+        ],
+    ]
+
+    def target(label: str, value: float, goal: float, unit: str = "×", lower_is_better: bool = False) -> None:
+        met = None if math.isnan(value) else (value <= goal if lower_is_better else value >= goal)
+        target_rows.append([label, fmt(value, 2 if unit == "×" else 1) + unit, verdict(met)])
+
+    target("ledger batched postings ≥ 5× pgbench tps", ratio(batch_postings, base), 5)
+    target("ledger single transfers ≥ 0.8× pgbench tps", ratio(single, base), 0.8)
+    target("ledger ≥ 5× django-hordak (single transfers)", ratio(single, hordak_single), 5)
+    at32 = r.get("lifecycle", {}).get("32", {}).get("steps", {})
+    worst = max((s["p99_ms"] for s in at32.values()), default=math.nan)
+    target(
+        "p99 ≤ 50 ms per lifecycle step at 32 clients (worst step)", worst, 50, " ms", lower_is_better=True
+    )
+    get_p99 = _safe(lambda: r["reads"]["get_escrow"]["steps"]["get_escrow"]["p99_ms"])
+    target("p99 ≤ 10 ms for GET /escrows/{id} (64 clients)", get_p99, 10, " ms", lower_is_better=True)
+    sizes = r.get("scale", {}).get("sizes", {})
+    if len(sizes) >= 2:
+        keys = sorted(sizes, key=int)
+        small, large = sizes[keys[0]]["lifecycle"], sizes[keys[-1]]["lifecycle"]
+        scale = ratio(large["steps_per_second"], small["steps_per_second"])
+        ratio_rows.append(
+            [
+                f"lifecycle throughput, {int(keys[-1]):,} ÷ {int(keys[0]):,} escrows",
+                f"{fmt(large['steps_per_second'], 1)} ÷ {fmt(small['steps_per_second'], 1)}",
+                fmt(scale, 2) + "×",
+            ]
+        )
+        small_ms, large_ms = server_ms_value(small), server_ms_value(large)
+        ratio_rows.append(
+            [
+                f"server CPU per step, {int(keys[0]):,} ÷ {int(keys[-1]):,} escrows (less sensitive to other load)",
+                f"{fmt(small_ms, 1)} ms ÷ {fmt(large_ms, 1)} ms",
+                fmt(ratio(small_ms, large_ms), 2) + "×",
+            ]
+        )
+        target(f"throughput with {int(keys[-1]):,} escrows ≥ 0.9× with {int(keys[0]):,}", scale, 0.9)
+    stats = r.get("scale", {}).get("stats", {})
+    target(
+        "dashboard stats uncached ≤ 100 ms (median)",
+        stats.get("median_ms", math.nan),
+        100,
+        " ms",
+        lower_is_better=True,
+    )
+    export = r.get("scale", {}).get("export", {})
+    target(
+        "CSV export peak RSS ≤ 150 MB", export.get("peak_rss_mb", math.nan), 150, " MB", lower_is_better=True
+    )
+    return ratio_rows, target_rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cpu_line(run: dict[str, Any]) -> str:
+    cpu = run.get("cpu", {})
+    cores = cpu.get("cores_used", {})
+    parts = [f"{name} {value:.2f}" for name, value in cores.items()]
+    parts.append(f"load generator {run.get('loadgen_cpu_s', 0) / max(run.get('window_s', 1), 1e-9):.2f}")
+    line = (
+        f"cores used — {', '.join(parts)}; machine busy {fmt(cpu.get('machine_busy_pct'))} % "
+        f"(load generator: {fmt(run.get('loadgen_cpu_us_per_request'))} µs CPU per request)"
+    )
+    per_second = run.get("steps_per_second") or 0
+    if per_second and cores:
+        # CPU per step depends less on how much of the machine the run got than steps/s does.
+        line += ". CPU per request: " + ", ".join(
+            f"{name} {value * 1000 / per_second:.1f} ms" for name, value in cores.items()
+        )
+    return line
+
+
+def server_ms_value(run: dict[str, Any], group: str = "emanet server") -> float:
+    cores = run.get("cpu", {}).get("cores_used", {}).get(group)
+    per_second = run.get("steps_per_second") or 0
+    return float(cores * 1000 / per_second) if cores and per_second else math.nan
+
+
+def server_ms_per_step(run: dict[str, Any]) -> str:
+    return fmt(server_ms_value(run), 1)
+
+
+def cost_per_step(r: dict[str, Any]) -> list[str]:
+    """CPU per lifecycle step, by process group."""
+    runs = r.get("lifecycle", {})
+    if not runs:
+        return []
+    clients = max(runs, key=int)
+    run = runs[clients]
+    per = {name: server_ms_value(run, name) for name in run.get("cpu", {}).get("cores_used", {})}
+    line = (
+        f"CPU per lifecycle step at {clients} clients: "
+        + ", ".join(f"{name} {fmt(ms, 1)} ms" for name, ms in per.items())
+        + "."
+    )
+    line += (
+        " On two cores the Python processes' CPU per step bounds the throughput; the statement counts and "
+        "the profile below show what it is spent on."
+    )
+    return [line, ""]
+
+
+def others_cores(run: dict[str, Any], r: dict[str, Any]) -> float:
+    """Cores used during a run by processes that are not the benchmark's (the machine may be shared)."""
+    cpus = r.get("machine", {}).get("cpus") or 1
+    cpu = run.get("cpu", {})
+    loadgen = run.get("loadgen_cpu_s", 0) / max(run.get("window_s", 1), 1e-9)
+    ours = sum(cpu.get("cores_used", {}).values()) + loadgen
+    return float(max(0.0, cpu.get("machine_busy_pct", 0) / 100 * cpus - ours))
+
+
+def shared_machine_note(r: dict[str, Any]) -> list[str]:
+    """How much of the machine other processes took during the HTTP runs (the machine may be shared)."""
+    cpus = r.get("machine", {}).get("cpus") or 1
+    runs = list(r.get("lifecycle", {}).values()) + list(r.get("reads", {}).values())
+    others = [others_cores(run, r) for run in runs]
+    if not others:
+        return []
+    average = sum(others) / len(others)
+    return [
+        f"During the HTTP runs, processes other than the benchmark's used on average **{average:.2f} of the "
+        f"{cpus} cores** (the machine was {'shared' if average > 0.2 else 'quiet'}); Emanet's figures below are "
+        "what it reached with the rest. pgbench ran in the same conditions.",
+        "",
+    ]
+
+
+def lifecycle_table(run: dict[str, Any]) -> str:
+    rows = []
+    for step in STEPS:
+        s = run["steps"].get(step)
+        if s is None:
+            continue
+        errors = ", ".join(f"{code}×{n}" for code, n in s["errors"].items()) or "0"
+        rows.append(
+            [
+                STEP_NAMES[step],
+                fmt(s["per_second"], 1),
+                fmt(s["p50_ms"], 1),
+                fmt(s["p95_ms"], 1),
+                fmt(s["p99_ms"], 1),
+                errors,
+            ]
+        )
+    rows.append(
+        [
+            "**whole cycle** (all four steps)",
+            f"{fmt(run['cycles_per_second'], 1)} cycles/s = {fmt(run['steps_per_second'], 1)} steps/s",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
+    return table(["step", "per second", "p50 ms", "p95 ms", "p99 ms", "errors (status×count)"], rows)
+
+
+def plots(r: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    lifecycle = r.get("lifecycle", {})
+    if lifecycle:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        concurrency = sorted(lifecycle, key=int)
+        width = 0.8 / (len(STEPS) + 2)
+        for i, step in enumerate(STEPS):
+            left.bar(
+                [c + i * width for c in range(len(concurrency))],
+                [lifecycle[c]["steps"].get(step, {}).get("per_second", 0) for c in concurrency],
+                width,
+                label=step,
+            )
+        left.bar(
+            [c + len(STEPS) * width for c in range(len(concurrency))],
+            [lifecycle[c]["steps_per_second"] for c in concurrency],
+            width,
+            label="all steps",
+        )
+        left.bar(
+            [c + (len(STEPS) + 1) * width for c in range(len(concurrency))],
+            [pgbench_tps(r, int(c)) for c in concurrency],
+            width,
+            label="pgbench tps",
+            color="black",
+        )
+        left.set_xticks(
+            [c + width * (len(STEPS) + 1) / 2 for c in range(len(concurrency))],
+            [f"{c} clients" for c in concurrency],
+        )
+        left.set_yscale("log")  # pgbench is orders of magnitude above the steps
+        left.set_ylabel("per second (log)")
+        left.set_title("Escrow lifecycle over HTTP vs pgbench")
+        left.legend(fontsize=8)
+        labels, values = [], []
+        for name, source in (
+            ("Emanet single", r.get("ledger", {}).get("single")),
+            ("Emanet batched", r.get("ledger", {}).get("batch")),
+            ("hordak single", r.get("hordak", {}).get("single")),
+            ("hordak batched", r.get("hordak", {}).get("batch")),
+        ):
+            if source:
+                labels.append(name)
+                values.append(source["entries_per_second"])
+        labels.append("pgbench (8)")
+        values.append(pgbench_tps(r, 8))
+        right.bar(
+            labels,
+            values,
+            color=["tab:blue", "tab:blue", "tab:orange", "tab:orange", "black"][-len(values) :],
+        )
+        right.set_ylabel("transfers per second")
+        right.set_title("Ledger alone: transfers/s (8 connections)")
+        right.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "throughput.png", dpi=110)
+        plt.close(fig)
+        written.append("throughput.png")
+
+        fig, axis = plt.subplots(figsize=(10, 4.5))
+        runs = [
+            (f"{step}\n{c} cl.", lifecycle[c]["steps"][step])
+            for c in concurrency
+            for step in STEPS
+            if step in lifecycle[c]["steps"]
+        ]
+        runs += [(name.replace("_", " "), run["steps"][name]) for name, run in r.get("reads", {}).items()]
+        positions = range(len(runs))
+        for i, (q, color) in enumerate(
+            (("p50_ms", "tab:green"), ("p95_ms", "tab:orange"), ("p99_ms", "tab:red"))
+        ):
+            axis.bar(
+                [p + (i - 1) * 0.27 for p in positions],
+                [max(s[q], 0.01) for _, s in runs],
+                0.27,
+                label=q.replace("_ms", ""),
+                color=color,
+            )
+        axis.axhline(50, color="grey", linestyle="--", linewidth=1, label="50 ms target (steps)")
+        axis.axhline(10, color="grey", linestyle=":", linewidth=1, label="10 ms target (GET one)")
+        axis.set_yscale("log")
+        axis.set_xticks(list(positions), [label for label, _ in runs], fontsize=7)
+        axis.set_ylabel("latency, ms (log)")
+        axis.set_title("Latency per step and per read")
+        axis.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "latency.png", dpi=110)
+        plt.close(fig)
+        written.append("latency.png")
+    sizes = r.get("scale", {}).get("sizes", {})
+    if sizes:
+        keys = sorted(sizes, key=int)
+        fig, axis = plt.subplots(figsize=(7, 4.5))
+        xs = [int(k) for k in keys]
+        axis.plot(xs, [sizes[k]["lifecycle"]["steps_per_second"] for k in keys], marker="o", label="steps/s")
+        axis.plot(
+            xs, [sizes[k]["lifecycle"]["cycles_per_second"] for k in keys], marker="s", label="cycles/s"
+        )
+        axis.set_xscale("log")
+        axis.set_xlabel("escrows already in the database")
+        axis.set_ylabel("per second (32 clients)")
+        axis.set_ylim(bottom=0)
+        twin = axis.twinx()
+        twin.plot(
+            xs,
+            [max(s["p99_ms"] for s in sizes[k]["lifecycle"]["steps"].values()) for k in keys],
+            marker="^",
+            color="tab:red",
+            linestyle="--",
+            label="worst step p99 (ms)",
+        )
+        twin.set_ylabel("ms")
+        twin.set_ylim(bottom=0)
+        axis.set_title("Lifecycle throughput as the database grows")
+        lines = axis.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        axis.legend(lines, [str(line.get_label()) for line in lines], fontsize=8, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(out / "scale.png", dpi=110)
+        plt.close(fig)
+        written.append("scale.png")
+    return written
+
+
+def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
+    m, p, plan = r.get("machine", {}), r.get("postgres", {}), r.get("plan", {})
+    ratio_rows, target_rows = ratios_and_targets(r)
+    out: list[str] = [
+        "# Benchmarks",
+        "",
+        "Emanet measured against the physical limit of the same database in the same run: PostgreSQL's own "
+        "bank-transfer benchmark (`pgbench`, TPC-B-like: one durable money movement per transaction). "
+        "Everything on this page was written by `make bench`"
+        + (
+            " in its **QUICK** (short) form — run `make bench` for the real figures"
+            if plan.get("quick")
+            else ""
+        )
+        + f" on {r.get('started_at', '?')} ({fmt(r.get('elapsed_s'))} s).",
+        "",
+        "## Summary",
+        "",
+        *shared_machine_note(r),
+        table(["target (issue 6)", "measured", ""], target_rows),
+        "",
+        table(["ratio", "figures", "ratio"], ratio_rows),
+        "",
+        *[f"![{name}]({plot_dir}/{name})" for name in images],
+        "",
+        "## Machine and settings",
+        "",
+        table(
+            ["", ""],
+            [
+                ["CPU", f"{m.get('cpus')} × {m.get('cpu_model', '?')}"],
+                ["memory", f"{m.get('memory_gib')} GiB"],
+                ["load average at start", ", ".join(str(x) for x in m.get("load_average_at_start", []))],
+                ["kernel / Python", f"{m.get('kernel')} / {m.get('python')}"],
+                [
+                    "PostgreSQL",
+                    f"{p.get('version')} ({m.get('pgbench')}), synchronous_commit={p.get('synchronous_commit')}, "
+                    f"fsync={p.get('fsync')}, full_page_writes={p.get('full_page_writes')}, "
+                    f"wal_sync_method={p.get('wal_sync_method')}, shared_buffers={p.get('shared_buffers')}, "
+                    f"max_connections={p.get('max_connections')}",
+                ],
+                [
+                    "Emanet",
+                    f"`emanet serve --workers {plan.get('server_workers')}` (uvicorn, uvloop, httptools) + "
+                    "`emanet worker`; EMANET_ENV=production with generated secrets, JSON logs at WARNING, "
+                    "EMANET_MIN_HOLD_HOURS=0, EMANET_RATE_LIMIT_ENABLED=false, database pool 20 (+10) per "
+                    "process, " + ("Redis on 127.0.0.1" if r.get("redis") else "no Redis (in-process cache)"),
+                ],
+                ["plan", ", ".join(f"{k}={v}" for k, v in plan.items())],
+            ],
+        ),
+        "",
+        "The machine is shared: the `cores used` lines below show what Emanet, its worker, PostgreSQL and the "
+        "load generator used during each run; `machine busy` above their sum was used by other processes.",
+        "",
+        "## 1. Baseline: pgbench",
+        "",
+        f"`pgbench -i -s {plan.get('pgbench_scale')}` on its own fresh database, then `pgbench -M prepared -c N "
+        f"-j 2 -T {plan.get('pgbench_seconds')}` (the default TPC-B-like script: update an account, a teller "
+        "and a branch, read the account, insert a history row, commit)."
+        + (
+            " Run once before and once after the Emanet runs; the ratios use the mean."
+            if len(r.get("pgbench", [])) > 1
+            else ""
+        ),
+        "",
+        table(
+            ["round", "clients", "tps", "latency avg ms", "transactions"],
+            [
+                [
+                    str(i + 1),
+                    str(run["clients"]),
+                    fmt(run["tps"]),
+                    fmt(run["latency_ms"], 2),
+                    fmt(run["transactions"]),
+                ]
+                for i, round_ in enumerate(r.get("pgbench", []))
+                for run in round_
+            ],
+        ),
+        "",
+        "## 2. Escrow lifecycle over HTTP",
+        "",
+        "Each virtual client repeats, with its own buyer and seller: create an escrow (TRY 1,000.00, general "
+        "product) → create a sandbox card payment for it → deliver the sandbox's `payment.succeeded` webhook "
+        "for that payment, signed with Standard Webhooks (`standardwebhooks`, the sandbox's own secret and "
+        "body shape), which captures the money into the escrow and funds it → release. Every step is a real "
+        "request through authentication, validation, the state machine, the ledger entry, the activity record "
+        "and the outbox, committed with `synchronous_commit=on`. Steps/s counts every successful step; a "
+        f"cycle is all four. First {plan.get('warmup_seconds')} s of each run are warm-up and not counted.",
+        "",
+    ]
+    for clients, run in r.get("lifecycle", {}).items():
+        out += [
+            f"### {clients} concurrent clients, {run['window_s']} s",
+            "",
+            lifecycle_table(run),
+            "",
+            cpu_line(run),
+            "",
+        ]
+    if r.get("reads"):
+        out += [
+            "## 3. Reads at 64 concurrent clients",
+            "",
+            "`GET /api/v1/escrows/{id}` (the detail view with its ledger lines) of escrows made by the lifecycle "
+            "runs, by their buyer; `GET /api/v1/escrows?role=buyer&status=released,funded&limit=20&sort=-created_at`.",
+            "",
+            table(
+                ["read", "per second", "p50 ms", "p95 ms", "p99 ms", "errors"],
+                [
+                    [
+                        f"`{name}`",
+                        fmt(run["steps"][name]["per_second"], 1),
+                        fmt(run["steps"][name]["p50_ms"], 1),
+                        fmt(run["steps"][name]["p95_ms"], 1),
+                        fmt(run["steps"][name]["p99_ms"], 1),
+                        ", ".join(f"{c}×{n}" for c, n in run["steps"][name]["errors"].items()) or "0",
+                    ]
+                    for name, run in r["reads"].items()
+                ],
+            ),
+            "",
+            *[f"- {name}: {cpu_line(run)}" for name, run in r["reads"].items()],
+            "",
+        ]
+    ledger, hordak = r.get("ledger", {}), r.get("hordak", {})
+    if ledger:
+        rows = []
+        for label, source in (
+            ("Emanet `post_entry`", ledger),
+            (f"django-hordak {hordak.get('version', '')}", hordak),
+        ):
+            for mode in ("single", "batch"):
+                run = source.get(mode)
+                if run:
+                    rows.append(
+                        [
+                            label,
+                            "one per commit"
+                            if mode == "single"
+                            else f"{plan.get('ledger_batch_size')} per commit",
+                            fmt(run["entries_per_second"], 1),
+                            fmt(run["postings_per_second"], 1),
+                            fmt(run["client_cpu_s"], 1),
+                            "; ".join(run.get("errors", [])) or "–",
+                        ]
+                    )
+        out += [
+            "## 4. The ledger alone, and django-hordak",
+            "",
+            f"{plan.get('ledger_accounts')} wallets, transfers of 1.00–9.99 between two random wallets of a "
+            f"connection's own slice; {plan.get('ledger_connections')} connections over "
+            f"{plan.get('ledger_processes')} processes (pgbench's 8 clients), {plan.get('ledger_seconds')} s each. "
+            "Emanet: `emanet.ledger.service.post_entry` — one balanced entry with two postings, both balance "
+            "rows updated under the non-negative CHECK, the deferred balance trigger at commit. django-hordak: "
+            "`Account.transfer_to` (one Transaction, two Legs, its PostgreSQL triggers), installed by the "
+            "bench into `bench/.hordak-venv` and run against its own fresh database on the same server.",
+            "",
+            table(
+                ["ledger", "entries per commit", "transfers/s", "postings/s", "client CPU s", "errors"], rows
+            ),
+            "",
+        ]
+    scale = r.get("scale", {})
+    if scale:
+        rows = []
+        for size, data in sorted(scale.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
+            run = data["lifecycle"]
+            rows.append(
+                [
+                    f"{int(size):,}",
+                    fmt(data["load"]["load_and_vacuum_s"], 1),
+                    fmt(run["steps_per_second"], 1),
+                    fmt(run["cycles_per_second"], 1),
+                    server_ms_per_step(run),
+                    fmt(others_cores(run, r), 2),
+                    " / ".join(fmt(run["steps"][s]["p99_ms"], 1) for s in STEPS if s in run["steps"]),
+                ]
+            )
+        stats, export, verify = scale.get("stats", {}), scale.get("export", {}), scale.get("verify", {})
+        out += [
+            "## 5. Scale",
+            "",
+            "A fresh database is bulk-loaded in SQL (`bench/seed.py`): TRY escrows (one in ten USD) between "
+            "bulk users, one every 31.5 s back from now (1,000,000 a year); 80 % released with their two ledger "
+            "entries exactly as Emanet writes them (capture: sandbox clearing → escrow; release: escrow → the "
+            "seller's wallet and platform fees), their escrow account and the balances updated; 12 % cancelled "
+            "and 8 % expired before payment (no money moved, no ledger rows); two activity rows each. Then "
+            f"the lifecycle runs at {plan.get('scale_clients')} clients for {plan.get('scale_seconds')} s on top "
+            "of it.",
+            "",
+            table(
+                [
+                    "escrows loaded",
+                    "load + VACUUM s",
+                    "steps/s",
+                    "cycles/s",
+                    "server CPU ms per step",
+                    "cores used by other processes",
+                    "p99 ms create / pay / webhook / release",
+                ],
+                rows,
+            ),
+            "",
+            f"**Dashboard stats** (`GET /api/v1/admin/dashboard/stats?fresh=true`, {stats.get('runs')} runs, "
+            f"{fmt(stats.get('escrows_created_last_30_days'))} escrows in the 30-day window): first "
+            f"{fmt(stats.get('first_ms'), 1)} ms, median {fmt(stats.get('median_ms'), 1)} ms, p95 "
+            f"{fmt(stats.get('p95_ms'), 1)} ms, max {fmt(stats.get('max_ms'), 1)} ms (round trip from the client).",
+            "",
+            f"**Full CSV export** (`GET /api/v1/admin/escrows/export?format=csv`): {fmt(export.get('rows'))} rows, "
+            f"{fmt((export.get('bytes') or 0) / 2**20, 1)} MiB in {fmt(export.get('seconds'), 1)} s "
+            f"({fmt(export.get('rows_per_second'))} rows/s); the server process that served it: "
+            f"{fmt(export.get('baseline_rss_mb'), 1)} MB RSS before, **{fmt(export.get('peak_rss_mb'), 1)} MB "
+            f"peak** (+{fmt(export.get('growth_mb'), 1)} MB), sampled every 20 ms.",
+            "",
+            "Ledger invariants over every row after the runs (each must be 0): "
+            + ", ".join(f"{k} {v}" for k, v in verify.items())
+            + ". Rows: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in scale.get("counts", {}).items())
+            + ".",
+            "",
+        ]
+    trips = r.get("roundtrips", {})
+    prof = r.get("profile", {})
+    if trips or prof.get("samples"):
+        out += ["## 6. Where the time goes", "", *cost_per_step(r)]
+    if trips:
+        out += [
+            "SQL statements and commits sent by each step of one lifecycle cycle (counted in-process on the "
+            "second of two cycles, so caches are warm; BEGIN/COMMIT/SAVEPOINT not counted as statements). "
+            "Each statement is a round trip to PostgreSQL; for comparison, a pgbench transaction is 5 "
+            "statements and one commit.",
+            "",
+            table(
+                ["step", "statements", "commits", "statements by kind and table"],
+                [
+                    [
+                        f"`{step}`",
+                        str(data["statements"]),
+                        str(data["commits"]),
+                        ", ".join(f"{kind} ×{n}" for kind, n in data["first_words"].items()),
+                    ]
+                    for step, data in trips.items()
+                ],
+            ),
+            "",
+        ]
+    if prof.get("samples"):
+        out += [
+            f"py-spy sampled one of the {plan.get('server_workers')} server processes during a separate "
+            f"{prof.get('clients')}-client lifecycle run ({prof['samples']:,} samples, idle time excluded). "
+            "Share of samples whose stack passes through each layer (a sample counts once per layer, so the "
+            "column does not add up to 100 %):",
+            "",
+            table(["layer", "% of samples"], [[x["layer"], fmt(x["pct"], 1)] for x in prof["layers"]]),
+            "",
+            "Functions with the most samples of their own (self time):",
+            "",
+            table(["function", "% self"], [[f"`{x['function']}`", fmt(x["pct"], 1)] for x in prof["self"]]),
+            "",
+        ]
+    out += [
+        "## The load generator",
+        "",
+        "`bench/loadgen.py`: closed-loop virtual clients on one uvloop event loop in a separate process, each "
+        "with one HTTP/1.1 keep-alive connection, speaking the protocol directly over asyncio streams. The "
+        "two cores are shared by PostgreSQL, the server processes and the load, so the generator must cost "
+        "little: its own CPU is reported with every run above (a few hundredths of a core at these request "
+        "rates, against most of a core for the server). `wrk` would cost less still, but its Lua scripts cannot chain the "
+        "lifecycle (each step needs ids from the previous answer) without re-implementing it; an HTTP client "
+        "library (httpx, aiohttp) costs several times more CPU per request than the bare protocol.",
+        "",
+        "## Reproduce",
+        "",
+        "Needs a local PostgreSQL on 127.0.0.1:5432 reachable as `postgres` without a password (or set "
+        "`EMANET_BENCH_PG_DSN`), `pgbench` (Debian: `postgresql-contrib`/`postgresql-client`), and optionally "
+        "Redis on 127.0.0.1:6379 (`EMANET_BENCH_REDIS_URL`). Then:",
+        "",
+        "```",
+        "make bench          # the full run (about 15 minutes), writes this page and docs/benchmarks/*.png",
+        "make bench QUICK=1  # about 3 minutes, writes bench/results/quick/",
+        "```",
+        "",
+        "The run creates its own databases (`emanet_bench_*`) and drops them at the end, starts and stops its "
+        "own server processes, installs django-hordak into `bench/.hordak-venv` on first use, and keeps its "
+        "raw results and logs in `bench/results/<plan>/` (`results.json`, the py-spy profile, server logs). "
+        "`python -m bench.report bench/results/full/results.json docs/benchmarks.md docs/benchmarks` "
+        "re-renders this page from them.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write(results: dict[str, Any], markdown: Path, plot_dir: Path) -> Path:
+    try:
+        images = plots(results, plot_dir)
+    except ImportError:  # matplotlib is in the bench extra; the page is still written without plots
+        images = []
+    relative = plot_dir.relative_to(markdown.parent) if plot_dir.is_relative_to(markdown.parent) else plot_dir
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render(results, str(relative), images))
+    return markdown
+
+
+def main() -> None:
+    results = orjson.loads(Path(sys.argv[1]).read_bytes())
+    print(write(results, Path(sys.argv[2]), Path(sys.argv[3])))
+
+
+if __name__ == "__main__":
+    main()
