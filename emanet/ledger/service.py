@@ -12,9 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from emanet.core import clock
 from emanet.core.db import upsert
 from emanet.core.money import check_currency
 from emanet.ledger import accounts
@@ -126,68 +128,105 @@ async def post_entry(
     check_currency(currency)
     kept = _validated(legs)
     volume = _volume(kept)
-    entry_id = (
-        await session.execute(
-            upsert(session, JournalEntry)
-            .values(
-                reference=reference,
-                currency=currency,
-                amount=volume,
-                description=description[:300],
-                escrow_id=escrow_id,
-                details=metadata or {},
-                fx=await reporting_conversion(currency, volume),
+    fx = await reporting_conversion(currency, volume)
+    ids = await account_ids(session, {leg.account for leg in kept}, currency)
+    deltas: dict[tuple[int, int], int] = defaultdict(int)
+    for leg in kept:
+        key = (ids[leg.account], _shard(leg.account, reference))
+        deltas[key] += leg.amount * accounts.normal_sign(accounts.kind_of(leg.account))
+    ordered = sorted(deltas.items())  # a fixed order of balance-row locks: no deadlocks
+    if session.get_bind().dialect.name == "postgresql":
+        entry_id, updated = (
+            await session.execute(
+                _PG_POST_ENTRY,
+                {
+                    "reference": reference,
+                    "currency": currency,
+                    "amount": volume,
+                    "description": description[:300],
+                    "escrow_id": escrow_id,
+                    "metadata": orjson.dumps(metadata or {}).decode(),
+                    "fx": orjson.dumps(fx).decode(),
+                    "created_at": clock.now(),
+                    "leg_accounts": [ids[leg.account] for leg in kept],
+                    "leg_amounts": [leg.amount for leg in kept],
+                    "balance_accounts": [a for (a, _), _ in ordered],
+                    "balance_shards": [sh for (_, sh), _ in ordered],
+                    "balance_deltas": [d for _, d in ordered],
+                },
             )
-            .on_conflict_do_nothing(index_elements=["reference"])
-            .returning(JournalEntry.id)
-        )
-    ).scalar()
+        ).one()
+        if entry_id is not None and updated != len(ordered):
+            raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
+    else:
+        entry_id = (
+            await session.execute(
+                upsert(session, JournalEntry)
+                .values(
+                    reference=reference,
+                    currency=currency,
+                    amount=volume,
+                    description=description[:300],
+                    escrow_id=escrow_id,
+                    details=metadata or {},
+                    fx=fx,
+                )
+                .on_conflict_do_nothing(index_elements=["reference"])
+                .returning(JournalEntry.id)
+            )
+        ).scalar()
+        if entry_id is not None:
+            await session.execute(
+                insert(Posting),
+                [
+                    {"entry_id": entry_id, "account_id": ids[leg.account], "amount": leg.amount}
+                    for leg in kept
+                ],
+            )
+            await _apply_balance_deltas(session, ordered)
     if entry_id is None:  # posted before (a retry, a duplicate webhook, a concurrent worker): no effect
         existing = (
             await session.execute(select(JournalEntry.id).where(JournalEntry.reference == reference))
         ).scalar_one()
         return PostedEntry(existing, reference, created=False)
-    ids = await account_ids(session, {leg.account for leg in kept}, currency)
-    await session.execute(
-        insert(Posting),
-        [{"entry_id": entry_id, "account_id": ids[leg.account], "amount": leg.amount} for leg in kept],
-    )
-    deltas: dict[tuple[int, int], int] = defaultdict(int)
-    for leg in kept:
-        key = (ids[leg.account], _shard(leg.account, reference))
-        deltas[key] += leg.amount * accounts.normal_sign(accounts.kind_of(leg.account))
-    await _apply_balance_deltas(session, sorted(deltas.items()))
     return PostedEntry(entry_id, reference, created=True)
 
 
-_PG_APPLY_DELTAS = text(
-    "UPDATE ledger_balances AS b SET balance = b.balance + v.delta "
-    "FROM unnest(CAST(:account_ids AS bigint[]), CAST(:shards AS integer[]), CAST(:deltas AS bigint[])) "
-    "AS v(account_id, shard, delta) WHERE b.account_id = v.account_id AND b.shard = v.shard"
+# PostgreSQL: the entry, its postings and the balance updates in ONE statement (one round trip instead of
+# three; the bench measured the round trips as the ledger's cost). When the reference exists, the entry CTE
+# is empty and nothing else is written.
+_PG_POST_ENTRY = text(
+    "WITH entry AS ("
+    " INSERT INTO ledger_entries"
+    " (reference, currency, amount, description, escrow_id, metadata, fx, created_at)"
+    " VALUES (:reference, :currency, :amount, :description, :escrow_id, CAST(:metadata AS json),"
+    " CAST(:fx AS json), :created_at)"
+    " ON CONFLICT (reference) DO NOTHING RETURNING id),"
+    " posted AS ("
+    " INSERT INTO ledger_postings (entry_id, account_id, amount, created_at)"
+    " SELECT entry.id, leg.account_id, leg.amount, :created_at FROM entry,"
+    " unnest(CAST(:leg_accounts AS bigint[]), CAST(:leg_amounts AS bigint[])) AS leg(account_id, amount)"
+    " RETURNING 1),"
+    " balanced AS ("
+    " UPDATE ledger_balances AS b SET balance = b.balance + d.delta"
+    " FROM unnest(CAST(:balance_accounts AS bigint[]), CAST(:balance_shards AS integer[]),"
+    " CAST(:balance_deltas AS bigint[])) AS d(account_id, shard, delta)"
+    " WHERE b.account_id = d.account_id AND b.shard = d.shard AND EXISTS (SELECT 1 FROM entry)"
+    " RETURNING 1)"
+    " SELECT (SELECT id FROM entry), (SELECT count(*) FROM balanced)"
 )
 
 
 async def _apply_balance_deltas(session: AsyncSession, deltas: list[tuple[tuple[int, int], int]]) -> None:
-    """Add each delta to its balance row, in a fixed order (no deadlocks); the CHECK refuses overdrafts."""
-    if session.get_bind().dialect.name == "postgresql":
+    """SQLite: add each delta to its balance row; the CHECK refuses overdrafts."""
+    updated = 0
+    for (account_id, shard), delta in deltas:
         result = await session.execute(
-            _PG_APPLY_DELTAS,
-            {
-                "account_ids": [a for (a, _), _ in deltas],
-                "shards": [s for (_, s), _ in deltas],
-                "deltas": [d for _, d in deltas],
-            },
+            update(AccountBalance)
+            .where(AccountBalance.account_id == account_id, AccountBalance.shard == shard)
+            .values(balance=AccountBalance.balance + delta)
         )
-        updated = result.rowcount  # type: ignore[attr-defined]
-    else:
-        updated = 0
-        for (account_id, shard), delta in deltas:
-            result = await session.execute(
-                update(AccountBalance)
-                .where(AccountBalance.account_id == account_id, AccountBalance.shard == shard)
-                .values(balance=AccountBalance.balance + delta)
-            )
-            updated += result.rowcount  # type: ignore[attr-defined]
+        updated += result.rowcount  # type: ignore[attr-defined]
     if updated != len(deltas):
         raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
 
