@@ -82,6 +82,19 @@ def party_role(escrow: Escrow, actor: Actor) -> str:
     return "none"
 
 
+@dataclass(frozen=True)
+class Move:
+    """What a transition's effect works with: the locked escrow, who moves it, and how."""
+
+    session: AsyncSession
+    escrow: Escrow
+    actor: Actor
+    params: dict[str, Any]
+    force: bool
+    settings: Settings
+    now: datetime
+
+
 class IllegalTransition(Conflict):
     code = "illegal_transition"
 
@@ -359,7 +372,7 @@ async def apply_transition(
     if force and who != rules.ADMIN:
         raise Forbidden("Only an admin may force a transition", code="override_not_allowed")
     now = clock.now()
-    details = await _EFFECTS[target](session, escrow, actor, params, force, settings, now)
+    details = await _EFFECTS[target](Move(session, escrow, actor, params, force, settings, now))
     escrow.status = target
     escrow.updated_at = now
     if target in rules.TERMINAL:
@@ -377,41 +390,20 @@ async def apply_transition(
 Effect = Any
 
 
-async def _on_funded(
-    session: AsyncSession,
-    escrow: Escrow,
-    actor: Actor,
-    params: dict[str, Any],
-    force: bool,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+async def _on_funded(move: Move) -> dict[str, Any]:
+    escrow, settings, now = move.escrow, move.settings, move.now
     escrow.funded_at = now
     escrow.hold_until = now + timedelta(hours=settings.min_hold_hours)
     return {"hold_until": escrow.hold_until.isoformat()}
 
 
-async def _on_partially_funded(
-    session: AsyncSession,
-    escrow: Escrow,
-    actor: Actor,
-    params: dict[str, Any],
-    force: bool,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+async def _on_partially_funded(move: Move) -> dict[str, Any]:
+    escrow = move.escrow
     return {"funded_amount": escrow.funded_amount, "total_due": escrow.total_due}
 
 
-async def _on_delivered(
-    session: AsyncSession,
-    escrow: Escrow,
-    actor: Actor,
-    params: dict[str, Any],
-    force: bool,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+async def _on_delivered(move: Move) -> dict[str, Any]:
+    escrow, actor, params, settings, now = move.escrow, move.actor, move.params, move.settings, move.now
     document_ids = list(params.get("document_ids") or [])
     if escrow.requires_delivery_document and not document_ids and actor.role != rules.SYSTEM:
         raise Unprocessable(
@@ -429,15 +421,15 @@ async def _on_delivered(
     return {"auto_release_at": escrow.auto_release_at.isoformat(), **escrow.delivery}
 
 
-async def _on_released(
-    session: AsyncSession,
-    escrow: Escrow,
-    actor: Actor,
-    params: dict[str, Any],
-    force: bool,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+async def _on_released(move: Move) -> dict[str, Any]:
+    session, escrow, params, force, settings, now = (
+        move.session,
+        move.escrow,
+        move.params,
+        move.force,
+        move.settings,
+        move.now,
+    )
     if escrow.status == S.disputed:
         return await _settle(session, escrow, buyer_refund=0, reason="dispute_resolved_release")
     hold_until = escrow.hold_until or now
@@ -529,16 +521,9 @@ async def _refund_held(session: AsyncSession, escrow: Escrow, amount: int, refer
     return portions
 
 
-async def _on_refund_everything(
-    session: AsyncSession,
-    escrow: Escrow,
-    actor: Actor,
-    params: dict[str, Any],
-    force: bool,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+async def _on_refund_everything(move: Move) -> dict[str, Any]:
     """cancelled, expired, refunded: whatever was paid goes back."""
+    session, escrow, params = move.session, move.escrow, move.params
     if escrow.status == S.disputed:
         return await _settle(session, escrow, buyer_refund=held(escrow), reason="dispute_resolved_refund")
     amount = held(escrow)
@@ -546,15 +531,8 @@ async def _on_refund_everything(
     return {"reason": params.get("reason"), "refunded": amount, "portions": portions}
 
 
-async def _on_partially_refunded(
-    session: AsyncSession,
-    escrow: Escrow,
-    actor: Actor,
-    params: dict[str, Any],
-    force: bool,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+async def _on_partially_refunded(move: Move) -> dict[str, Any]:
+    session, escrow, params = move.session, move.escrow, move.params
     buyer_refund = params.get("buyer_refund")
     if not isinstance(buyer_refund, int) or not 0 < buyer_refund < held(escrow):
         raise Unprocessable(
@@ -598,15 +576,8 @@ async def _settle(session: AsyncSession, escrow: Escrow, *, buyer_refund: int, r
     return {**escrow.resolution, "portions": portions}
 
 
-async def _on_disputed(
-    session: AsyncSession,
-    escrow: Escrow,
-    actor: Actor,
-    params: dict[str, Any],
-    force: bool,
-    settings: Settings,
-    now: datetime,
-) -> dict[str, Any]:
+async def _on_disputed(move: Move) -> dict[str, Any]:
+    escrow, actor, params, now = move.escrow, move.actor, move.params, move.now
     if escrow.dispute_deadline is not None and now > escrow.dispute_deadline:
         raise EmanetError(
             "The dispute window has closed",
