@@ -17,6 +17,7 @@ from standardwebhooks import Webhook
 
 from bench.loadgen import LIFECYCLE_STEPS, sandbox_event, signed_headers
 
+_VERBS = {"INSERT", "UPDATE", "DELETE", "SELECT"}
 _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 
@@ -47,6 +48,8 @@ def _first_words(statements: list[str]) -> dict[str, int]:
     kinds: dict[str, int] = {}
     for statement in statements:
         words = statement.replace("(", " ").split()
+        if words[0].upper() == "WITH":  # a CTE statement counts as its first data-changing part
+            words = words[next(i for i, w in enumerate(words) if w.upper() in _VERBS) :]
         verb = words[0].upper()
         table = next(
             (
