@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core.errors import Unprocessable
 from emanet.core.money import check_currency
@@ -56,3 +59,24 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     if not isinstance(decoded, dict):
         raise Unprocessable("Malformed cursor", code="invalid_cursor")
     return decoded
+
+
+async def newest_first_page(
+    session: AsyncSession, query: Select[Any], model: Any, *, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """One page of ``query`` ordered newest first by (``created_at``, ``id``), with the next page's cursor."""
+    if cursor:
+        after = decode_cursor(cursor)
+        try:
+            moment, last_id = datetime.fromisoformat(str(after.get("t"))), str(after.get("id"))
+        except ValueError as exc:
+            raise Unprocessable("Malformed cursor", code="invalid_cursor") from exc
+        query = query.where(
+            or_(model.created_at < moment, and_(model.created_at == moment, model.id < last_id))
+        )
+    ordered = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    rows = list((await session.execute(ordered)).scalars().all())
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor({"t": rows[-1].created_at.isoformat(), "id": rows[-1].id})

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosmtplib
 import structlog
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
@@ -24,7 +24,7 @@ from emanet.core.db import Database
 from emanet.core.errors import NotFound
 from emanet.core.models import Event
 from emanet.core.outbox import enqueue
-from emanet.core.schemas import decode_cursor, encode_cursor
+from emanet.core.schemas import newest_first_page
 from emanet.core.settings import Settings
 from emanet.notifications import sms
 from emanet.notifications.audience import active_admin_ids, parties_of
@@ -133,28 +133,7 @@ async def list_notifications(
     query = select(Notification).where(Notification.user_id == user.id)
     if unread_only:
         query = query.where(Notification.read_at.is_(None))
-    if cursor:
-        after = decode_cursor(cursor)
-        moment, last_id = datetime.fromisoformat(str(after.get("t"))), str(after.get("id"))
-        query = query.where(
-            or_(
-                Notification.created_at < moment,
-                and_(Notification.created_at == moment, Notification.id < last_id),
-            )
-        )
-    rows = list(
-        (
-            await session.execute(
-                query.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit + 1)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor({"t": rows[-1].created_at.isoformat(), "id": rows[-1].id})
+    rows, next_cursor = await newest_first_page(session, query, Notification, limit=limit, cursor=cursor)
     return rows, next_cursor
 
 

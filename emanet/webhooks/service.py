@@ -28,7 +28,7 @@ import httpx
 import orjson
 import structlog
 from cryptography.fernet import Fernet
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
@@ -37,7 +37,7 @@ from emanet.core.db import Database
 from emanet.core.errors import Conflict, NotFound, Unprocessable
 from emanet.core.models import Event
 from emanet.core.outbox import emit_event, enqueue
-from emanet.core.schemas import decode_cursor, encode_cursor
+from emanet.core.schemas import newest_first_page
 from emanet.core.settings import Settings
 from emanet.notifications.audience import parties_of
 from emanet.users.models import Role, User
@@ -146,28 +146,7 @@ async def list_endpoints(
     query = select(WebhookEndpoint).where(
         WebhookEndpoint.owner_id == owner.id, WebhookEndpoint.deleted_at.is_(None)
     )
-    if cursor:
-        after = decode_cursor(cursor)
-        moment, last_id = datetime.fromisoformat(str(after.get("t"))), str(after.get("id"))
-        query = query.where(
-            or_(
-                WebhookEndpoint.created_at < moment,
-                and_(WebhookEndpoint.created_at == moment, WebhookEndpoint.id < last_id),
-            )
-        )
-    rows = list(
-        (
-            await session.execute(
-                query.order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc()).limit(limit + 1)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor({"t": rows[-1].created_at.isoformat(), "id": rows[-1].id})
+    rows, next_cursor = await newest_first_page(session, query, WebhookEndpoint, limit=limit, cursor=cursor)
     return rows, next_cursor
 
 
@@ -263,28 +242,7 @@ async def list_deliveries(
     query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
     if status:
         query = query.where(WebhookDelivery.status == status)
-    if cursor:
-        after = decode_cursor(cursor)
-        moment, last_id = datetime.fromisoformat(str(after.get("t"))), str(after.get("id"))
-        query = query.where(
-            or_(
-                WebhookDelivery.created_at < moment,
-                and_(WebhookDelivery.created_at == moment, WebhookDelivery.id < last_id),
-            )
-        )
-    rows = list(
-        (
-            await session.execute(
-                query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit + 1)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor({"t": rows[-1].created_at.isoformat(), "id": rows[-1].id})
+    rows, next_cursor = await newest_first_page(session, query, WebhookDelivery, limit=limit, cursor=cursor)
     attempts: dict[str, list[WebhookAttempt]] = {row.id: [] for row in rows}
     if rows:
         for attempt in (

@@ -14,6 +14,7 @@ from emanet.core import clock as clock_module
 from emanet.core.db import Database
 from emanet.core.models import Event, Job
 from emanet.core.outbox import DISPATCH_EVENT_JOB, emit_event, enqueue
+from emanet.core.schemas import encode_cursor
 from emanet.core.settings import Settings
 from emanet.core.worker import Worker
 from emanet.escrow.models import Escrow
@@ -137,6 +138,9 @@ async def test_the_inbox_pages_newest_first_and_marks_read(
         )
     ).json()
     assert [n["data"]["id"] for n in second["data"]] == ["pay_0"] and second["next_cursor"] is None
+    bad_cursor = encode_cursor({"t": "yesterday", "id": "x"})
+    malformed = await client.get("/api/v1/notifications", headers=bearer(user), params={"cursor": bad_cursor})
+    assert malformed.status_code == 422 and malformed.json()["code"] == "invalid_cursor"
 
     target = page["data"][0]["id"]
     assert (
