@@ -143,7 +143,8 @@ def reconcile(
     provider: Annotated[str, typer.Option(help="Provider name, e.g. sandbox, stripe")],
     day: Annotated[str, typer.Option("--date", help="The UTC day to reconcile, YYYY-MM-DD")],
 ) -> None:
-    """Compare a provider's records of a day with ours; store the report; exit 1 when anything differs."""
+    """Compare a provider's records of a day with ours; store the report; exit 1 when anything differs or
+    could not be verified. A provider without a settlement listing is asked about each of our payments."""
     from datetime import date
 
     from emanet.core.db import Database
@@ -170,12 +171,24 @@ def reconcile(
         console.print(f"[red]error:[/red] {exc.detail}")
         raise typer.Exit(1) from exc
     console.print(
-        f"{provider} {wanted}: {report.provider_records} provider records, {report.our_records} "
-        f"ours, {report.matched} matched, {report.missing} missing, {report.extra} extra, "
-        f"{report.mismatched} mismatched (report {report.id})"
+        f"{provider} {wanted} ({report.method}): {report.provider_records} provider records, "
+        f"{report.our_records} ours, {report.matched} matched, {report.missing} missing, "
+        f"{report.extra} extra, {report.mismatched} mismatched, {report.unverified} unverified "
+        f"(report {report.id})",
+        highlight=False,
     )
+    if report.method == "per_record":
+        console.print(
+            "[yellow]per-record mode:[/yellow] the provider publishes no settlement listing, so each of our "
+            "payments was looked up; records the provider has and we don't (missing) cannot be detected",
+            highlight=False,
+        )
+    if report.notes:
+        console.print(report.notes, markup=False, highlight=False)
     if report.items:
         columns = ["issue", "kind", "reference", "currency", "provider_amount", "our_amount", "our_id"]
+        if report.method == "per_record":
+            columns += ["provider_status", "error_code"]
         table = Table(*columns, title="differences")
         for item in report.items:
             table.add_row(*(str(item.get(column, "")) for column in columns))

@@ -206,6 +206,13 @@ class Settings(BaseSettings):
             "https://api-m.sandbox.paypal.com/",
         ]
     )
+    # PEM file of the root CAs a PayPal webhook certificate's chain must end at (unset: certifi's bundle)
+    paypal_cert_ca_bundle: str | None = None
+    # A webhook certificate served without its intermediate is completed from its caIssuers URL (Authority
+    # Information Access), fetched only from URLs starting with one of these (DigiCert's caIssuers host)
+    paypal_cert_issuer_url_prefixes: list[str] = Field(
+        default_factory=lambda: ["http://cacerts.digicert.com/", "https://cacerts.digicert.com/"]
+    )
 
     # Messaging
     sms_provider: Literal["console", "twilio", "messagebird"] = "console"

@@ -205,6 +205,10 @@ class ReconciliationReport(Base):
     missing: Mapped[int] = mapped_column(Integer)  # the provider has it, we don't
     extra: Mapped[int] = mapped_column(Integer)  # we have it, the provider doesn't
     mismatched: Mapped[int] = mapped_column(Integer)  # both have it, amounts differ
+    unverified: Mapped[int] = mapped_column(Integer, default=0)  # per_record: the provider gave no answer
+    # listing: the provider's settlement listing of the day; per_record: one status lookup per payment of
+    # ours (the provider publishes no listing), which cannot find what only the provider has ("missing")
+    method: Mapped[str] = mapped_column(String(16), default="listing")
     items: Mapped[list[Any]] = mapped_column(JSON)
     requested_by: Mapped[str | None] = mapped_column(String(40))
     notes: Mapped[str | None] = mapped_column(Text)

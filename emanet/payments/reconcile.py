@@ -8,20 +8,37 @@ never before, so a record near midnight may sit on the provider's day D and on o
 - **extra**: we have it on day D and the provider has no such record on day D-1 or D;
 - **mismatched**: both have it, with different amounts (or currencies, or fees when we know ours).
 
-The report is stored (``reconciliation_reports``) and shown to admins and support.
+That is the ``listing`` method, for providers whose adapter overrides ``list_settlements``. A provider that
+publishes no listing (Jetcheckout) is reconciled ``per_record``: the provider is asked about each of OUR
+captured payments of day D with its status query (``get_payment``), at most ``PER_RECORD_CONCURRENCY`` at a
+time, each with the adapter's own retries:
+
+- **extra**: the provider says the payment is not captured (not succeeded, refunded or partially refunded);
+- **mismatched**: it is captured with a different amount, currency or fee (the fee when both know it);
+- **unverified**: the provider could not answer (``ProviderUnavailable`` and every other ``ProviderError``),
+  or answered without an amount; the item carries the error code and the report counts it.
+
+Per record, **missing** cannot be found (nothing asks the provider what it has that we don't), and refunds
+and payouts are not checked: the provider interface has no refund lookup, and a payout lookup
+(``get_payout``) reports no amount. The report's ``notes`` say so, with how many were left unchecked.
+
+The report is stored (``reconciliation_reports``, with its ``method``) and shown to admins and support. No
+database transaction is open while a provider is asked anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core.db import Database
+from emanet.core.errors import ProviderError
 from emanet.core.settings import Settings
 from emanet.payments.models import (
     Payment,
@@ -33,10 +50,25 @@ from emanet.payments.models import (
 )
 from emanet.payments.payouts import S as PayoutStatus
 from emanet.payments.service import CAPTURED
-from emanet.providers.base import SettlementRecord
+from emanet.providers.base import (
+    PaymentProvider,
+    ProviderNotConfigured,
+    ProviderPayment,
+    SettlementRecord,
+)
 from emanet.providers.registry import get_provider
 
 log = structlog.get_logger("emanet.reconcile")
+
+Method = Literal["listing", "per_record"]
+ISSUES = ("missing", "extra", "mismatched", "unverified")
+# What the provider must say of a payment we hold as captured for the two sides to agree.
+PROVIDER_CAPTURED = frozenset({"succeeded", "refunded", "partially_refunded"})
+# Per-record mode asks the provider once per payment: at most this many questions in flight at a time.
+PER_RECORD_CONCURRENCY = 4
+MISSING_CAVEAT = (
+    "records the provider has and we don't (missing) cannot be detected: only our own records were looked up"
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +85,7 @@ class OurRecord:
 
 @dataclass(frozen=True)
 class Item:
-    issue: str  # missing, extra, mismatched
+    issue: str  # missing, extra, mismatched, unverified
     kind: str
     reference: str | None
     currency: str
@@ -63,6 +95,9 @@ class Item:
     our_fee: int | None = None
     our_id: str | None = None
     occurred_at: str | None = None
+    provider_status: str | None = None  # per_record: the provider's status of the payment (ours, mapped)
+    error_code: str | None = None  # unverified: why the provider gave no usable answer
+    error_detail: str | None = None
 
 
 def _bounds(day: date, days: int = 1) -> tuple[datetime, datetime]:
@@ -100,8 +135,13 @@ async def our_records(
                 (payment.id, *keys),
             )
         )
+    # Some providers list a refund under the payment it refunds (Moyasar, PayTR): a refund also answers to
+    # its payment's provider reference. Several refunds of one payment then meet one provider line; the
+    # first is matched and the amounts are compared with it, so such a day may show a mismatch to look at.
     refunds = await session.execute(
-        select(PaymentRefund).where(
+        select(PaymentRefund, Payment.provider_reference)
+        .join(Payment, Payment.id == PaymentRefund.payment_id)
+        .where(
             PaymentRefund.provider == provider,
             PaymentRefund.status == RefundStatus.succeeded,
             PaymentRefund.succeeded_at >= start,
@@ -117,9 +157,9 @@ async def our_records(
             r.currency,
             None,
             r.succeeded_at or start,
-            (r.id, r.idempotency_key),
+            tuple(ref for ref in (r.id, r.idempotency_key, payment_reference) if ref),
         )
-        for r in refunds.scalars().all()
+        for r, payment_reference in refunds.all()
     ]
     payouts = await session.execute(
         select(Payout).where(
@@ -142,8 +182,10 @@ def _match(theirs: SettlementRecord, ours: list[OurRecord]) -> OurRecord | None:
     for record in ours:
         if record.kind != theirs.kind:
             continue
-        if record.reference == theirs.reference or (
-            theirs.merchant_reference and theirs.merchant_reference in record.merchant_references
+        if (
+            record.reference == theirs.reference
+            or theirs.reference in record.merchant_references
+            or (theirs.merchant_reference and theirs.merchant_reference in record.merchant_references)
         ):
             return record
     return None
@@ -209,41 +251,194 @@ def compare(
     return items, matched
 
 
+def lists_settlements(provider_class: type[PaymentProvider]) -> bool:
+    """Whether the adapter offers a settlement listing (``listing`` mode) or not (``per_record``)."""
+    return provider_class.list_settlements is not PaymentProvider.list_settlements
+
+
+def compare_payment(ours: OurRecord, theirs: ProviderPayment) -> Item | None:
+    """Our captured payment against the provider's current view of it; ``None`` when they agree."""
+    occurred_at = ours.occurred_at.isoformat()
+    if theirs.status not in PROVIDER_CAPTURED:
+        return Item(
+            "extra",
+            ours.kind,
+            ours.reference,
+            ours.currency,
+            provider_amount=theirs.amount,
+            our_amount=ours.amount,
+            our_fee=ours.fee,
+            our_id=ours.our_id,
+            occurred_at=occurred_at,
+            provider_status=theirs.status,
+        )
+    if theirs.amount is None or theirs.currency is None:
+        return _unverified(
+            ours, "incomplete_answer", "The provider reported the payment captured without its amount"
+        )
+    fee_differs = ours.fee is not None and theirs.fee is not None and ours.fee != theirs.fee
+    if theirs.amount != ours.amount or theirs.currency != ours.currency or fee_differs:
+        return Item(
+            "mismatched",
+            ours.kind,
+            ours.reference,
+            theirs.currency,
+            provider_amount=theirs.amount,
+            our_amount=ours.amount,
+            provider_fee=theirs.fee,
+            our_fee=ours.fee,
+            our_id=ours.our_id,
+            occurred_at=occurred_at,
+            provider_status=theirs.status,
+        )
+    return None
+
+
+def _unverified(ours: OurRecord, code: str, detail: str) -> Item:
+    return Item(
+        "unverified",
+        ours.kind,
+        ours.reference,
+        ours.currency,
+        our_amount=ours.amount,
+        our_fee=ours.fee,
+        our_id=ours.our_id,
+        occurred_at=ours.occurred_at.isoformat(),
+        error_code=code,
+        error_detail=detail,
+    )
+
+
+async def _ask(provider: PaymentProvider, ours: OurRecord, gate: asyncio.Semaphore) -> Item | None:
+    """One payment of ours checked with the provider's status query; a provider error becomes an
+    ``unverified`` item (a missing configuration is not a per-record problem and is raised)."""
+    if ours.reference is None:
+        return _unverified(ours, "no_provider_reference", "We hold no provider reference to ask about")
+    async with gate:
+        try:
+            theirs = await provider.get_payment(ours.reference)
+        except ProviderNotConfigured:
+            raise
+        except ProviderError as exc:
+            log.warning(
+                "reconcile_lookup_failed",
+                provider=provider.name,
+                payment_id=ours.our_id,
+                reference=ours.reference,
+                error_code=exc.code,
+                error=exc.detail,
+            )
+            return _unverified(ours, exc.code, exc.detail)
+    return compare_payment(ours, theirs)
+
+
+async def check_records(provider: PaymentProvider, ours_day: list[OurRecord]) -> tuple[list[Item], int]:
+    """(issues, matched count) of our payments of the day, each looked up at the provider; refunds and
+    payouts are left out (see the module docstring)."""
+    gate = asyncio.Semaphore(PER_RECORD_CONCURRENCY)
+    payments = [record for record in ours_day if record.kind == "payment"]
+    outcomes = await asyncio.gather(*(_ask(provider, record, gate) for record in payments))
+    items = [item for item in outcomes if item is not None]
+    return items, len(payments) - len(items)
+
+
+def _per_record_notes(provider: PaymentProvider, ours_day: list[OurRecord]) -> str:
+    refunds = sum(1 for record in ours_day if record.kind == "refund")
+    payouts = sum(1 for record in ours_day if record.kind == "payout")
+    return (
+        f"Per-record check: {provider.display_name} publishes no settlement listing, so each of our captured "
+        f"payments of the day was looked up with its status query; {MISSING_CAVEAT}. Not checked: "
+        f"{refunds} refund(s) and {payouts} payout(s) of ours on this day "
+        f"({provider.display_name} offers no lookup that reports their amounts)."
+    )
+
+
 async def reconcile(
     database: Database, settings: Settings, provider_name: str, day: date, *, requested_by: str | None = None
 ) -> ReconciliationReport:
-    """Fetch the provider's records (no transaction open), compare, store the report."""
+    """Compare the provider's records of ``day`` with ours and store the report: from the provider's
+    settlement listing when it has one, else by asking it about each of our payments. No transaction is
+    open while the provider is asked."""
     provider = get_provider(provider_name, settings, database)
-    theirs_day = await provider.list_settlements(day)
-    theirs_before = await provider.list_settlements(day - timedelta(days=1))
-    async with database.transaction() as session:
-        ours_day = await our_records(session, provider_name, *_bounds(day))
-        ours_window = await our_records(session, provider_name, *_bounds(day, days=2))
-        items, matched = compare(theirs_day, theirs_before, ours_day, ours_window)
-        counts = {
-            issue: sum(1 for item in items if item.issue == issue)
-            for issue in ("missing", "extra", "mismatched")
-        }
-        report = ReconciliationReport(
-            provider=provider_name,
-            day=day,
-            provider_records=len(theirs_day),
-            our_records=len(ours_day),
-            matched=matched,
-            items=[_item_dict(item) for item in items],
-            requested_by=requested_by,
-            **counts,
-        )
-        session.add(report)
-        await session.flush()
+    if lists_settlements(type(provider)):
+        theirs_day = await provider.list_settlements(day)
+        theirs_before = await provider.list_settlements(day - timedelta(days=1))
+        async with database.transaction() as session:
+            ours_day = await our_records(session, provider_name, *_bounds(day))
+            ours_window = await our_records(session, provider_name, *_bounds(day, days=2))
+            items, matched = compare(theirs_day, theirs_before, ours_day, ours_window)
+            report = await _store(
+                session,
+                provider_name,
+                day,
+                "listing",
+                provider_records=len(theirs_day),
+                our_count=len(ours_day),
+                matched=matched,
+                items=items,
+                notes=None,
+                requested_by=requested_by,
+            )
+    else:
+        async with database.transaction() as session:
+            ours_day = await our_records(session, provider_name, *_bounds(day))
+        items, matched = await check_records(provider, ours_day)
+        confirmed = matched + sum(1 for item in items if item.issue == "mismatched")
+        async with database.transaction() as session:
+            report = await _store(
+                session,
+                provider_name,
+                day,
+                "per_record",
+                provider_records=confirmed,
+                our_count=len(ours_day),
+                matched=matched,
+                items=items,
+                notes=_per_record_notes(provider, ours_day),
+                requested_by=requested_by,
+            )
     log.info(
         "reconciled",
         provider=provider_name,
         day=day.isoformat(),
+        method=report.method,
         report_id=report.id,
+        matched=report.matched,
+        **{issue: getattr(report, issue) for issue in ISSUES},
+    )
+    return report
+
+
+async def _store(
+    session: AsyncSession,
+    provider_name: str,
+    day: date,
+    method: Method,
+    *,
+    provider_records: int,
+    our_count: int,
+    matched: int,
+    items: list[Item],
+    notes: str | None,
+    requested_by: str | None,
+) -> ReconciliationReport:
+    """``provider_records`` is the provider's listing of the day (``listing``) or how many of our payments
+    the provider confirmed as captured (``per_record``)."""
+    counts = {issue: sum(1 for item in items if item.issue == issue) for issue in ISSUES}
+    report = ReconciliationReport(
+        provider=provider_name,
+        day=day,
+        method=method,
+        provider_records=provider_records,
+        our_records=our_count,
         matched=matched,
+        items=[_item_dict(item) for item in items],
+        requested_by=requested_by,
+        notes=notes,
         **counts,
     )
+    session.add(report)
+    await session.flush()
     return report
 
 

@@ -270,7 +270,7 @@ class ReconciliationRun(StrictModel):
 
 
 class ReconciliationItemOut(BaseModel):
-    issue: Literal["missing", "extra", "mismatched"]
+    issue: Literal["missing", "extra", "mismatched", "unverified"]
     kind: Literal["payment", "refund", "payout"]
     reference: str | None = None
     currency: str
@@ -280,6 +280,13 @@ class ReconciliationItemOut(BaseModel):
     our_fee: int | None = None
     our_id: str | None = None
     occurred_at: str | None = None
+    provider_status: str | None = Field(
+        default=None, description="per_record: the payment's status at the provider (Emanet's vocabulary)"
+    )
+    error_code: str | None = Field(
+        default=None, description="unverified: why the provider gave no answer, e.g. provider_unavailable"
+    )
+    error_detail: str | None = None
 
 
 class ReconciliationReportOut(BaseModel):
@@ -288,12 +295,19 @@ class ReconciliationReportOut(BaseModel):
     id: str
     provider: str
     day: date
+    method: Literal["listing", "per_record"] = Field(
+        description="listing: the provider's settlement listing of the day; per_record: the provider was "
+        "asked about each of our payments of the day (it publishes no listing), so `missing` cannot be "
+        "detected and refunds and payouts are not checked (see `notes`)"
+    )
     provider_records: int
     our_records: int
     matched: int
     missing: int
     extra: int
     mismatched: int
+    unverified: int = Field(description="per_record: our payments the provider could not be asked about")
     items: list[ReconciliationItemOut]
+    notes: str | None
     requested_by: str | None
     created_at: datetime

@@ -12,7 +12,6 @@ from emanet.core.errors import EmanetError, ProviderError
 from emanet.core.tasks import JobContext, job, periodic
 from emanet.core.worker import enqueue_once
 from emanet.payments import payouts, reconcile, service
-from emanet.providers.base import PaymentProvider
 from emanet.providers.registry import configured_providers, provider_class
 
 log = structlog.get_logger("emanet.payments.tasks")
@@ -68,19 +67,20 @@ async def reconcile_day(ctx: JobContext) -> None:
 
 
 def lists_settlements(name: str) -> bool:
-    return provider_class(name).list_settlements is not PaymentProvider.list_settlements
+    """Whether the provider is reconciled from its settlement listing (else per record)."""
+    return reconcile.lists_settlements(provider_class(name))
 
 
 @periodic("payments.reconcile_daily", every=3600)
 async def reconcile_yesterday(ctx: JobContext) -> None:
-    """Once a day per provider that lists settlements: reconcile yesterday (UTC), one job each."""
+    """Once a day per configured provider: reconcile yesterday (UTC), one job each — from the provider's
+    settlement listing, or record by record where it publishes none (``emanet.payments.reconcile``)."""
     yesterday = (clock.now() - timedelta(days=1)).date().isoformat()
     async with ctx.database.transaction() as session:
         for name in configured_providers(ctx.settings):
-            if lists_settlements(name):
-                await enqueue_once(
-                    session,
-                    RECONCILE_JOB,
-                    {"provider": name, "date": yesterday},
-                    dedupe_key=f"{RECONCILE_JOB}:{name}:{yesterday}",
-                )
+            await enqueue_once(
+                session,
+                RECONCILE_JOB,
+                {"provider": name, "date": yesterday},
+                dedupe_key=f"{RECONCILE_JOB}:{name}:{yesterday}",
+            )

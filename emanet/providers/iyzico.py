@@ -11,9 +11,23 @@ Sources: docs.iyzico.com ("Checkout Form" initialize and retrieve, "Refund" v2, 
   ``paymentId``, ``price``, ``iyziCommissionFee`` + ``iyziCommissionRateAmount`` (the provider fee), card
   association and last four digits. Every return is confirmed this way (``complete_payment``).
 - ``Payment.refund`` (``POST /v2/payment/refund``) refunds ``price`` of ``paymentId`` fully or partly.
+- Reconciliation: the Reporting API's daily transactions (``iyzipay.RetrieveTransactions``, ``GET
+  /v2/reporting/payment/transactions?transactionDate=YYYY-MM-DD&page=N``; docs.iyzico.com "Raporlama Servisi"
+  (daily report section) https://docs.iyzico.com/ek-servisler/raporlama-servisi and
+  https://docs.iyzico.com/en/advanced/reporting-service, SDK sample ``samples/retrieve_transactions.py``;
+  fields as ``TransactionReportItem``/``TransactionReportResource`` of ``iyzico/iyzipay-dotnet``): one page
+  answers ``transactions``, ``currentPage`` and ``totalPageCount`` (both absent when the day is empty); each
+  line has ``transactionType`` (``PAYMENT``/``REFUND``/``CANCEL``), ``transactionDate`` (``yyyy-MM-dd
+  HH:mm:ss``), ``transactionId``, ``paymentId``, ``conversationId`` (what we sent: the payment's attempt key,
+  the refund's idempotency key), ``price``, ``transactionCurrency``, and on payment lines
+  ``transactionStatus`` (``1``/``2`` approved, ``0`` under fraud review, ``-1`` rejected) and the provider fee
+  ``iyzicoCommission`` + ``iyzicoFee``. A payment's basket lines are summed per ``paymentId``.
 - Webhook: header ``X-IYZ-SIGNATURE-V3`` = hex HMAC-SHA256, keyed with the secret key, of
   ``secretKey + iyziEventType + iyziPaymentId + token + paymentConversationId + status`` for checkout-form
   events (without ``token`` for direct API payments).
+
+iyzico is a Turkish service: report dates are read as Turkey time (UTC+3 all year since 2016). A UTC day
+spans two Turkish dates, so both are fetched and the lines are kept by their time.
 
 Prices are decimal strings (``"1250.50"``) written exactly from integer minor units; answers are read as
 ``Decimal``. None of the calls has an idempotency key: initialize and refund are sent once, only the
@@ -36,6 +50,7 @@ import hmac
 import http.client
 import json
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from typing import Any, ClassVar
@@ -58,6 +73,7 @@ from emanet.providers.base import (
     ProviderDeclined,
     ProviderPayment,
     ProviderRefund,
+    SettlementRecord,
     UnsupportedOperation,
     WebhookEvent,
     constant_time_equals,
@@ -74,6 +90,10 @@ FORM_STATUSES: dict[str, PaymentStatus] = {
     "INIT_THREEDS": "requires_action",
     "CALLBACK_THREEDS": "processing",
 }
+TURKEY_TIME = timezone(timedelta(hours=3), "TRT")  # Europe/Istanbul: UTC+3 all year since 2016
+REPORT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+APPROVED_LINES = frozenset({1, 2})  # payment-line transactionStatus; 0 = fraud review, -1 = rejected
+REFUND_LINES = frozenset({"REFUND", "CANCEL"})
 
 
 class TransientStatus(Exception):
@@ -217,6 +237,86 @@ class IyzicoProvider(PaymentProvider):
             raw=result,
         )
 
+    # ------------------------------------------------------------------------------------ reconciliation
+    async def list_settlements(self, day: date) -> list[SettlementRecord]:
+        """Approved payments, refunds and cancels iyzico recorded on the UTC ``day`` (no payouts here)."""
+        start = datetime.combine(day, time.min, UTC)
+        end = start + timedelta(days=1)
+        last = end - timedelta(seconds=1)
+        local_days = sorted({start.astimezone(TURKEY_TIME).date(), last.astimezone(TURKEY_TIME).date()})
+        lines = [line for local_day in local_days for line in await self._report_day(local_day)]
+        payments: dict[str, SettlementRecord] = {}
+        records: list[SettlementRecord] = []
+        for line in lines:
+            occurred_at = _report_time(line.get("transactionDate"))
+            if not start <= occurred_at < end:
+                continue
+            kind = str(line.get("transactionType") or "")
+            currency = str(line.get("transactionCurrency") or "")
+            if not currency:
+                raise ProviderError(f"iyzico reported a {kind or 'transaction'} line without its currency")
+            conversation_id = str(line.get("conversationId") or "") or None
+            if kind == "PAYMENT":
+                if _status(line.get("transactionStatus")) not in APPROVED_LINES:
+                    continue
+                reference = str(line.get("paymentId") or line.get("transactionId") or "")
+                amount = _minor_units(line.get("price"), currency)
+                fee = sum(_minor_units(line.get(k) or 0, currency) for k in ("iyzicoCommission", "iyzicoFee"))
+                earlier = payments.get(reference)
+                if earlier is not None:  # another basket line of the same payment
+                    amount, fee = amount + earlier.amount, fee + earlier.fee
+                    occurred_at = min(occurred_at, earlier.occurred_at)
+                    conversation_id = earlier.merchant_reference or conversation_id
+                payments[reference] = SettlementRecord(
+                    reference=reference,
+                    kind="payment",
+                    amount=amount,
+                    currency=currency,
+                    fee=fee,
+                    occurred_at=occurred_at,
+                    merchant_reference=conversation_id,
+                )
+            elif kind in REFUND_LINES:
+                records.append(
+                    SettlementRecord(
+                        reference=str(line.get("transactionId") or ""),
+                        kind="refund",
+                        amount=abs(_minor_units(line.get("price"), currency)),
+                        currency=currency,
+                        fee=0,
+                        occurred_at=occurred_at,
+                        merchant_reference=conversation_id,
+                    )
+                )
+        return [*payments.values(), *records]
+
+    async def _report_day(self, local_day: date) -> list[dict[str, Any]]:
+        """Every line of one Turkish calendar day of the daily transactions report, all pages."""
+        lines: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = await self._call(
+                iyzipay.RetrieveTransactions(),
+                "retrieve",
+                {"transactionDate": local_day.isoformat(), "page": str(page)},
+                idempotent=True,
+                what="daily transactions report",
+            )
+            if answer.get("status") != "success":
+                code, message = answer.get("errorCode") or "no error code", answer.get("errorMessage") or ""
+                raise ProviderError(
+                    f"iyzico refused the daily transactions report for {local_day.isoformat()}: "
+                    f"{code} {message}".rstrip(),
+                    provider="iyzico",
+                )
+            found = answer.get("transactions") or []
+            if not isinstance(found, list):
+                raise ProviderError("iyzico answered the daily transactions report with an unexpected shape")
+            lines += [line for line in found if isinstance(line, dict)]
+            if not found or page >= int(answer.get("totalPageCount") or 0):
+                return lines
+            page += 1
+
     # ------------------------------------------------------------------------------------------ webhooks
     async def parse_webhook(
         self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
@@ -349,6 +449,22 @@ def _without_form(result: Mapping[str, Any]) -> dict[str, Any]:
 def _decimal_string(amount: int, currency: str) -> str:
     exponent = currency_exponent(currency)
     return f"{Decimal(amount).scaleb(-exponent):.{exponent}f}"
+
+
+def _report_time(value: Any) -> datetime:
+    """A report ``transactionDate`` (``yyyy-MM-dd HH:mm:ss``, Turkey time) in UTC."""
+    try:
+        local = datetime.strptime(str(value), REPORT_TIME_FORMAT).replace(tzinfo=TURKEY_TIME)
+    except ValueError as exc:
+        raise ProviderError(f"iyzico reported a transaction date that is not a date: {value!r}") from exc
+    return local.astimezone(UTC)
+
+
+def _status(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _minor_units(value: Any, currency: str) -> int:

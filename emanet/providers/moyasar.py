@@ -21,6 +21,27 @@ Card numbers never reach Emanet, so there are two ways in:
 Amounts are integer minor units on both sides (halalas), as Moyasar specifies. ``fee`` on the payment
 object is the provider fee. Refunds (``POST /v1/payments/{id}/refund``) carry no idempotency key and are
 not retried automatically.
+
+Reconciliation (``list_settlements``) reads "List Payments" (``GET /v1/payments``, docs.moyasar.com "List
+Payments"; filters ``status``, ``page``, ``created[gt]``/``created[lt]`` as the official
+``moyasar/moyasar-php`` SDK sends them in ``src/Search.php``) with "Pagination"
+(https://docs.moyasar.com/pagination: a page of a reverse-chronological stream, 40 objects by default, and
+``meta`` with ``current_page``, ``next_page`` (``null`` on the last page), ``prev_page``, ``total_pages``,
+``total_count``); the answer's list is under ``payments`` (the SDK's ``payment_list.json`` fixture).
+Fields used are those of the Payment Object (https://docs.moyasar.com/payment-object): ``amount``,
+``fee``, ``currency``, ``status``, ``refunded`` (refunded amount), ``refunded_at`` ("when the payment was
+refunded"), ``invoice_id``, ``created_at`` and ``metadata`` ("the key-value data object that was sent
+during the payment creation": our ``payment_id``, the attempt key we were given). A payment object carries
+only the cumulative ``refunded`` and the time of the last refund, and the listing filters on creation time
+only, so:
+
+- payments: those created on the day (the window is asked a second wider and cut to the day here) that took
+  the money — ``paid``, ``captured``, or since ``refunded``; ``failed``, ``initiated``, ``authorized`` and
+  ``voided`` ones moved no money. An invoice payment keeps the ``invoice:<id>`` reference we stored;
+- refunds: every ``refunded`` payment created before the day's end is read (no documented filter narrows it
+  further) and those whose ``refunded_at`` is on the day give one refund of the ``refunded`` total. Several
+  partial refunds of one payment on different days show as one refund of the running total on the last day;
+- payouts: the adapter sends none, so there are none to list.
 """
 
 from __future__ import annotations
@@ -28,6 +49,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -45,6 +67,7 @@ from emanet.providers.base import (
     ProviderDeclined,
     ProviderPayment,
     ProviderRefund,
+    SettlementRecord,
     UnsupportedOperation,
     WebhookEvent,
     constant_time_equals,
@@ -76,6 +99,9 @@ INVOICE_STATUSES: dict[str, PaymentStatus] = {
     "voided": "cancelled",
     "refunded": "refunded",
 }
+# Payment statuses of a payment that took the money (a refunded one took it first).
+TOOK_MONEY = frozenset({"paid", "captured", "refunded"})
+LISTING_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 EVENT_STATUSES: dict[str, PaymentStatus] = {
     "payment_paid": "succeeded",
     "payment_captured": "succeeded",
@@ -176,6 +202,52 @@ class MoyasarProvider(PaymentProvider):
             reference=f"{payment_id}:{idempotency_key}", status="succeeded", amount=amount, raw=payment
         )
 
+    # -------------------------------------------------------------------------------------- reconciliation
+    async def list_settlements(self, day: date) -> list[SettlementRecord]:
+        start = datetime.combine(day, time.min, UTC)
+        end = start + timedelta(days=1)
+        # created[gt] is exclusive: start a second early and keep only the day below.
+        created = await self._list_payments(
+            {
+                "created[gt]": (start - timedelta(seconds=1)).strftime(LISTING_TIME_FORMAT),
+                "created[lt]": end.strftime(LISTING_TIME_FORMAT),
+            }
+        )
+        records = [
+            _payment_record(p)
+            for p in created
+            if p.get("status") in TOOK_MONEY and start <= _time(p["created_at"]) < end
+        ]
+        refunded = await self._list_payments(
+            {"status": "refunded", "created[lt]": end.strftime(LISTING_TIME_FORMAT)}
+        )
+        records += [
+            _refund_record(p)
+            for p in refunded
+            if p.get("refunded_at")
+            and (_int_or_none(p.get("refunded")) or 0) > 0
+            and start <= _time(p["refunded_at"]) < end
+        ]
+        return records
+
+    async def _list_payments(self, filters: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Every page of "List Payments" with ``filters``, following ``meta.next_page`` to the end."""
+        payments: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = await self._call(
+                "GET",
+                "/v1/payments",
+                params={**filters, "page": str(page)},
+                idempotent=True,
+                what="payment listing",
+            )
+            payments += [p for p in answer.get("payments") or [] if isinstance(p, dict)]
+            next_page = _int_or_none(_mapping(answer.get("meta")).get("next_page"))
+            if next_page is None or next_page <= page:
+                return payments
+            page = next_page
+
     # ------------------------------------------------------------------------------------------ webhooks
     async def parse_webhook(
         self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
@@ -218,14 +290,28 @@ class MoyasarProvider(PaymentProvider):
 
     # ------------------------------------------------------------------------------------------ internals
     async def _call(
-        self, method: str, path: str, *, idempotent: bool, what: str, payload: Mapping[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        what: str,
+        payload: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         secret = self.require(self.settings.moyasar_secret_key, "moyasar_secret_key")
         async with http.provider_client(
             self.settings, self.settings.moyasar_api_base, auth=(secret, "")
         ) as client:
             response = await http.request(
-                client, "Moyasar", self.settings, method, path, json=payload, idempotent=idempotent
+                client,
+                "Moyasar",
+                self.settings,
+                method,
+                path,
+                json=payload,
+                params=params,
+                idempotent=idempotent,
             )
         if response.status_code >= 400:
             error = _json_or_empty(response)
@@ -287,6 +373,39 @@ def _from_invoice(reference: str, invoice: Mapping[str, Any]) -> ProviderPayment
         failure_message=last.failure_message if last and status == "failed" else None,
         raw=invoice,
     )
+
+
+def _payment_record(payment: Mapping[str, Any]) -> SettlementRecord:
+    """A payment that took the money; an invoice's payment under the ``invoice:<id>`` reference we hold."""
+    invoice_id = payment.get("invoice_id")
+    return SettlementRecord(
+        reference=f"{INVOICE_PREFIX}{invoice_id}" if invoice_id else str(payment["id"]),
+        kind="payment",
+        amount=int(payment["amount"]),
+        currency=str(payment["currency"]),
+        fee=_int_or_none(payment.get("fee")) or 0,
+        occurred_at=_time(payment["created_at"]),
+        merchant_reference=_str_or_none(_mapping(payment.get("metadata")).get("payment_id")),
+    )
+
+
+def _refund_record(payment: Mapping[str, Any]) -> SettlementRecord:
+    """The refunded total of a payment, at its last refund. Moyasar refunds against the payment id (also for
+    invoice payments), and reports no fee on a refund."""
+    return SettlementRecord(
+        reference=str(payment["id"]),
+        kind="refund",
+        amount=int(payment["refunded"]),
+        currency=str(payment["currency"]),
+        fee=0,
+        occurred_at=_time(payment["refunded_at"]),
+    )
+
+
+def _time(value: Any) -> datetime:
+    """A Moyasar timestamp (ISO 8601, ``2019-07-09T17:38:05.431Z``) as an aware UTC datetime."""
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _paid_payment(invoice: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -14,30 +14,74 @@ page; when the payer has approved, ``get_payment`` (hence also ``complete_paymen
 and any status poll) captures the order with ``PayPal-Request-Id: {order_id}-capture``, so it is captured
 exactly once whoever asks first. A declined funding source (``INSTRUMENT_DECLINED``) is a failed payment.
 
-Webhooks are verified offline per PayPal's algorithm: the RSA-SHA256 (``PAYPAL-AUTH-ALGO: SHA256withRSA``)
+Webhooks are verified offline per PayPal's self-verification method
+(https://developer.paypal.com/api/rest/webhooks/rest/): the RSA-SHA256 (``PAYPAL-AUTH-ALGO: SHA256withRSA``)
 signature ``PAYPAL-TRANSMISSION-SIG`` over ``"{transmission_id}|{transmission_time}|{webhook_id}|{crc32}"``
 (CRC-32 of the raw body as an unsigned decimal), checked with the public key of the certificate at
-``PAYPAL-CERT-URL``. The certificate is fetched only from URLs starting with one of
-``settings.paypal_cert_url_prefixes`` (PayPal's API hosts over HTTPS, so TLS vouches for it), must be valid
-now (``emanet.core.clock``), and the transmission time must be inside ``webhook_tolerance_seconds``.
+``PAYPAL-CERT-URL``; the transmission time must be inside ``webhook_tolerance_seconds``. The certificate is
+fetched only from URLs starting with one of ``settings.paypal_cert_url_prefixes`` (PayPal's API hosts over
+HTTPS) and is trusted as PayPal's own SDKs trust it: its chain must lead to a trusted DigiCert root and its
+name must be PayPal's message-verification host — the Java SDK's ``SSLUtil.validateCertificateChain``
+(https://github.com/paypal/PayPal-Java-SDK/blob/master/rest-api-sdk/src/main/java/com/paypal/base/SSLUtil.java:
+trust chain, every certificate valid now, subject ``CN=messageverificationcerts*.paypal.com``) and the Python
+SDK's ``WebhookEvent.verify`` (https://github.com/paypal/PayPal-Python-SDK/pull/100: chain to DigiCert, common
+name under ``.paypal.com``, not expired).
+
+The URL serves a PEM bundle, the signing (leaf) certificate first, then its intermediates. The leaf must chain
+through them to a root of ``settings.paypal_cert_ca_bundle`` (unset: certifi's Mozilla bundle; PayPal moved to
+DigiCert Global Root G2, https://github.com/Sylius/PayPalPlugin/issues/300 quotes PayPal's notice) and be
+issued to ``messageverificationcerts.paypal.com`` or ``messageverificationcerts.sandbox.paypal.com``. It is a
+DigiCert Web PKI TLS certificate (subjectAltName with that name, ``serverAuth`` and ``clientAuth`` extended
+key usages — the sandbox one in PayPal's Java SDK test resources ``clientCertTest.crt`` is), so
+``cryptography``'s server verifier checks it (https://cryptography.io/en/latest/x509/verification/,
+``build_server_verifier``): path building to the store, every signature, CA basic constraints and key usage on
+issuers, every certificate valid at ``clock.now()``, the name matched in the subjectAltName, ``serverAuth``.
+The client verifier would demand ``clientAuth``, which public TLS certificates are dropping, and match no
+name. A verified certificate is cached by URL and trust store, so a chain is verified once per URL; each later
+use re-checks that now is inside the validity of every certificate of that chain.
+
+PayPal's URL may serve the leaf alone (the Java SDK's test resource ``clientCertTest.crt`` is that one
+certificate), so a bundle that stops short of the trust store is completed as browsers do, by Authority
+Information Access (RFC 5280 section 4.2.2.1, https://www.rfc-editor.org/rfc/rfc5280#section-4.2.2.1): when
+the verification fails, the bundle's last certificate is neither self-issued nor issued by a root of the
+store, and it carries an ``id-ad-caIssuers`` URI (``x509.AuthorityInformationAccess``,
+https://cryptography.io/en/latest/x509/reference/#cryptography.x509.AuthorityInformationAccess), the
+certificate there (DER, as DigiCert serves http://cacerts.digicert.com/...crt, or PEM) is fetched, must be
+named as that certificate's issuer, and joins the intermediates for another verification; at most
+``MAX_ISSUER_FETCHES`` times per chain. Issuers are fetched only from URLs starting with one of
+``settings.paypal_cert_issuer_url_prefixes`` (DigiCert's caIssuers host), with the provider HTTP client's
+timeouts and retries, reading at most ``MAX_ISSUER_BYTES``. The PayPal sandbox certificate quoted in the
+tests names http://cacerts.digicert.com/DigiCertSHA2ExtendedValidationServerCA.crt. An issuer that completed
+a verified chain is cached by URL; a URL not allowed, a failed or oversized fetch, something that is not the
+issuer's certificate, or a chain that still ends short of a trusted root rejects the webhook
+(``InvalidWebhookSignature``) and logs why (``paypal_certificate_issuer_rejected``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
+import warnings
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx
 import orjson
+import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import AuthorityInformationAccessOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from emanet.core import clock
 from emanet.core.money import currency_exponent
@@ -51,15 +95,19 @@ from emanet.providers.base import (
     PayoutDestination,
     PayoutStatus,
     ProviderDeclined,
+    ProviderNotConfigured,
     ProviderPayment,
     ProviderPayout,
     ProviderRefund,
+    ProviderUnavailable,
     RefundStatus,
     SettlementKind,
     SettlementRecord,
     WebhookEvent,
     header,
 )
+
+log = structlog.get_logger("emanet.providers.paypal")
 
 PAYPAL_CURRENCIES = frozenset(
     {
@@ -129,11 +177,42 @@ _PAYMENT_EVENTS: dict[str, PaymentStatus] = {
     "PAYMENT.CAPTURE.DENIED": "failed",
 }
 AUTH_ALGO = "SHA256withRSA"
+# The names PayPal's webhook-signing certificates are issued to: live, then sandbox.
+SIGNING_CERTIFICATE_NAMES = (
+    "messageverificationcerts.paypal.com",
+    "messageverificationcerts.sandbox.paypal.com",
+)
+# Issuer certificates fetched from caIssuers URLs for one chain, at most; and the most read of each answer.
+MAX_ISSUER_FETCHES = 3
+MAX_ISSUER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _TrustStore:
+    """The roots of a CA bundle, and their subjects (a chain reaching one of them needs no more issuers)."""
+
+    store: Store
+    subjects: frozenset[x509.Name]
+
+
+@dataclass(frozen=True)
+class _VerifiedCertificate:
+    """A signing certificate whose chain verified, and the span in which every certificate of it is valid."""
+
+    certificate: x509.Certificate
+    valid_from: datetime
+    valid_until: datetime
+
 
 # Access tokens by (API base, client id), until shortly before they expire.
 _tokens: dict[tuple[str, str], tuple[str, datetime]] = {}
-# Webhook certificates by URL.
-_certificates: dict[str, x509.Certificate] = {}
+# Webhook certificates whose chain verified, by (URL, trust store file).
+_certificates: dict[tuple[str, str], _VerifiedCertificate] = {}
+# Issuer certificates fetched from caIssuers URLs that completed a verified chain, by URL.
+_issuers: dict[str, x509.Certificate] = {}
+# Trust stores by PEM file.
+_trust_stores: dict[str, _TrustStore] = {}
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def to_decimal(amount: int, currency: str) -> str:
@@ -403,8 +482,10 @@ class PaypalProvider(PaymentProvider):
     async def _certificate(self, url: str) -> x509.Certificate:
         if not any(url.startswith(prefix) for prefix in self.settings.paypal_cert_url_prefixes):
             raise InvalidWebhookSignature("PAYPAL-CERT-URL is not one of PayPal's certificate locations")
-        certificate = _certificates.get(url)
-        if certificate is None:
+        bundle = self.settings.paypal_cert_ca_bundle or certifi.where()
+        verified = _certificates.get((url, bundle))
+        if verified is None:
+            trust = _trust_store(bundle)
             async with http.provider_client(self.settings, url) as client:
                 response = await http.request(client, "paypal", self.settings, "GET", url, idempotent=True)
             if not response.is_success:
@@ -412,15 +493,178 @@ class PaypalProvider(PaymentProvider):
                     f"The PayPal certificate could not be fetched ({response.status_code})"
                 )
             try:
-                # The first certificate of the PEM bundle is the signing (leaf) certificate.
-                certificate = x509.load_pem_x509_certificates(response.content)[0]
-            except (ValueError, IndexError) as exc:
+                # The signing (leaf) certificate first, then the intermediates that issued it.
+                leaf, *intermediates = x509.load_pem_x509_certificates(response.content)
+            except ValueError as exc:
                 raise InvalidWebhookSignature("PAYPAL-CERT-URL does not serve a certificate") from exc
-            _certificates[url] = certificate
-        now = clock.now()
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-            raise InvalidWebhookSignature("The PayPal certificate is not valid now")
-        return certificate
+            verified = await self._verify_with_issuers(url, leaf, intermediates, trust)
+            _certificates[(url, bundle)] = verified
+        if not verified.valid_from <= clock.now() <= verified.valid_until:
+            raise InvalidWebhookSignature("The PayPal certificate or one of its issuers is not valid now")
+        return verified.certificate
+
+    async def _verify_with_issuers(
+        self, url: str, leaf: x509.Certificate, intermediates: list[x509.Certificate], trust: _TrustStore
+    ) -> _VerifiedCertificate:
+        """``_verify_chain``, completing a chain that stops short of the trust store from the caIssuers URL
+        of its last certificate, at most ``MAX_ISSUER_FETCHES`` times (see the module docstring)."""
+        chain = list(intermediates)
+        followed: list[str] = []
+        fetched: dict[str, x509.Certificate] = {}
+        try:
+            while True:
+                try:
+                    verified = _verify_chain(leaf, chain, trust.store)
+                except InvalidWebhookSignature as failure:
+                    top = chain[-1] if chain else leaf
+                    if top.issuer == top.subject or top.issuer in trust.subjects:
+                        raise  # the chain reaches a root: another issuer would not help
+                    locations = ca_issuers_urls(top)
+                    if not locations:
+                        raise
+                    if len(followed) == MAX_ISSUER_FETCHES:
+                        raise InvalidWebhookSignature(
+                            f"{failure.detail}; still no trusted root after {MAX_ISSUER_FETCHES} issuer "
+                            "certificates"
+                        ) from failure
+                    location = next(filter(self._issuer_url_allowed, locations), locations[0])
+                    followed.append(location)
+                    # Plain http:// prefixes are acceptable (DigiCert serves caIssuers over HTTP): a fetched
+                    # issuer is only a candidate intermediate, verified against the trust store like the rest
+                    # of the chain before anything relies on it.
+                    if not self._issuer_url_allowed(location):
+                        raise InvalidWebhookSignature(
+                            f"The PayPal certificate is not trusted: its issuer's location {location!r} is "
+                            "not one of paypal_cert_issuer_url_prefixes"
+                        ) from failure
+                    issuer = fetched.get(location) or _issuers.get(location)
+                    if issuer is None:
+                        issuer = fetched[location] = await self._fetch_issuer(location, top)
+                    chain.append(issuer)
+                else:
+                    _issuers.update(fetched)
+                    return verified
+        except InvalidWebhookSignature as exc:
+            if followed:
+                log.warning(
+                    "paypal_certificate_issuer_rejected",
+                    cert_url=url,
+                    issuer_urls=followed,
+                    reason=exc.detail,
+                )
+            raise
+
+    def _issuer_url_allowed(self, location: str) -> bool:
+        return any(location.startswith(prefix) for prefix in self.settings.paypal_cert_issuer_url_prefixes)
+
+    async def _fetch_issuer(self, location: str, subject: x509.Certificate) -> x509.Certificate:
+        """The certificate at an allowed caIssuers URL, which must be the one that issued ``subject``; read
+        with the provider client's timeouts and retries, at most ``MAX_ISSUER_BYTES`` of it."""
+        unreachable = (
+            f"The PayPal certificate is not trusted: its issuer could not be fetched from {location}"
+        )
+        async with http.provider_client(self.settings, location) as client:
+
+            async def get() -> tuple[int, bytes]:
+                async with client.stream("GET", location) as response:
+                    if http.is_transient_status(response.status_code):
+                        raise http.TransientResponse(response)
+                    content = bytearray()
+                    if response.is_success:
+                        async for chunk in response.aiter_bytes():
+                            content += chunk
+                            if len(content) > MAX_ISSUER_BYTES:
+                                raise InvalidWebhookSignature(
+                                    f"{unreachable} (larger than {MAX_ISSUER_BYTES} bytes)"
+                                )
+                    return response.status_code, bytes(content)
+
+            try:
+                status, content = await http.with_retries(
+                    "paypal", self.settings, get, idempotent=True, what=f"GET {location}"
+                )
+            except (ProviderUnavailable, httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise InvalidWebhookSignature(f"{unreachable} ({exc})") from exc
+        if not 200 <= status < 300:
+            raise InvalidWebhookSignature(f"{unreachable} (HTTP {status})")
+        try:
+            issuer = _load_certificate(content)
+        except ValueError as exc:
+            raise InvalidWebhookSignature(f"{unreachable} (not a certificate)") from exc
+        if issuer.subject != subject.issuer:
+            raise InvalidWebhookSignature(
+                f"The PayPal certificate is not trusted: {location} serves "
+                f"{issuer.subject.rfc4514_string()}, not its issuer {subject.issuer.rfc4514_string()}"
+            )
+        return issuer
+
+
+def _trust_store(bundle: str) -> _TrustStore:
+    trust = _trust_stores.get(bundle)
+    if trust is None:
+        try:
+            blocks = _PEM_CERTIFICATE.findall(Path(bundle).read_bytes())
+        except OSError:
+            blocks = []
+        roots = []
+        with warnings.catch_warnings():
+            # certifi carries a few roots with serial number 0, which cryptography warns of (and means to
+            # refuse): such a root is left out rather than failing the whole store.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            for block in blocks:
+                try:
+                    roots.append(x509.load_pem_x509_certificate(block))
+                except ValueError:
+                    continue
+        if not roots:
+            raise ProviderNotConfigured(
+                f"EMANET_PAYPAL_CERT_CA_BUNDLE {bundle!r} is not a readable PEM file of CA certificates"
+            )
+        trust = _trust_stores[bundle] = _TrustStore(Store(roots), frozenset(r.subject for r in roots))
+    return trust
+
+
+def ca_issuers_urls(certificate: x509.Certificate) -> list[str]:
+    """The ``id-ad-caIssuers`` URIs of a certificate's Authority Information Access extension, in order."""
+    try:
+        access = certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return [
+        description.access_location.value
+        for description in access
+        if description.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+        and isinstance(description.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
+def _load_certificate(content: bytes) -> x509.Certificate:
+    """A caIssuers answer: one DER certificate (RFC 5280 section 4.2.2.1), or PEM (its first certificate)."""
+    try:
+        return x509.load_der_x509_certificate(content)
+    except ValueError:
+        return x509.load_pem_x509_certificates(content)[0]
+
+
+def _verify_chain(
+    leaf: x509.Certificate, intermediates: list[x509.Certificate], store: Store
+) -> _VerifiedCertificate:
+    """The leaf, if it chains through ``intermediates`` to a root of ``store``, every certificate valid now,
+    and is issued to one of PayPal's signing-certificate names (see the module docstring)."""
+    builder = PolicyBuilder().store(store).time(clock.now())
+    failure = "no name to match"
+    for name in SIGNING_CERTIFICATE_NAMES:
+        try:
+            chain = builder.build_server_verifier(x509.DNSName(name)).verify(leaf, intermediates)
+        except (VerificationError, ValueError) as exc:
+            failure = str(exc)
+            continue
+        return _VerifiedCertificate(
+            certificate=leaf,
+            valid_from=max(c.not_valid_before_utc for c in chain),
+            valid_until=min(c.not_valid_after_utc for c in chain),
+        )
+    raise InvalidWebhookSignature(f"The PayPal certificate is not trusted: {failure}")
 
 
 # ---------------------------------------------------------------------------------------------- mapping

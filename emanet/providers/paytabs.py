@@ -22,6 +22,17 @@ Amounts: ``cart_amount`` is a decimal number in the currency's unit (3 decimals 
 We write it as an exact JSON number built from the integer minor units (no float on the way) and read
 answers as ``Decimal``. PayTabs has no idempotency key: neither a page request nor a refund is retried
 automatically; ``cart_id`` is our payment id (refund: our refund idempotency key) for tracing.
+
+No settlement listing: ``list_settlements`` keeps the base ``UnsupportedOperation`` (reconciliation then
+checks our payments one by one with ``/payment/query``). PayTabs documents no API that lists transactions by
+date. Its Reports API only lists the latest 30 reports a merchant scheduled in the Dashboard
+(``GET {domain}/report/[PROFILE_ID]/list``) and downloads one as an Excel sheet whose columns are the layout
+chosen in the Dashboard (``GET {domain}/report/[PROFILE_ID]/get/[REPORT_ID]``); the columns are not
+documented. Sources:
+https://docs.paytabs.com/manuals/PT-API-Endpoints/Reports/Reports-Landing,
+https://docs.paytabs.com/manuals/PT-API-Endpoints/Reports/Step-2-Reports-Management/Step-1-Reterive-Reports-List/Retrieve-All-Reports-Landing
+and
+https://docs.paytabs.com/manuals/PT-API-Endpoints/Reports/Step-2-Reports-Management/Step-2-Download-One-Report/Download-Report-Landing
 """
 
 from __future__ import annotations

@@ -13,7 +13,18 @@ Sources: PayTR's developer documentation and official sample code (dev.paytr.com
   merchant_oid + merchant_salt + status + total_amount))``; the reply must be the plain text ``OK``
   (``webhook_reply``), otherwise PayTR keeps notifying;
 - the status query signs ``merchant_id + merchant_oid + merchant_salt`` and the refund signs
-  ``merchant_id + merchant_oid + return_amount + merchant_salt``, the same way.
+  ``merchant_id + merchant_oid + return_amount + merchant_salt``, the same way;
+- reconciliation: "İşlem Dökümü" (transaction list, https://dev.paytr.com/islem-dokumu and
+  https://dev.paytr.com/en/islem-dokumu, PayTR's sample ``TransactionDetailController``): ``POST
+  /rapor/islem-dokumu`` with ``merchant_id``, ``start_date``, ``end_date`` (``YYYY-MM-DD hh:mm:ss``, at most
+  three days apart), ``dummy`` (``1`` asks for made-up demo data) and ``paytr_token`` signing ``merchant_id +
+  start_date + end_date + merchant_salt``. The answer's ``status`` is ``success`` with the rows, ``failed``
+  when the range has no transaction, or ``error`` with ``err_no``/``err_msg``. Each row (sales and returns
+  alike): ``islem_tipi`` (``S`` sale, ``I`` return), ``islem_tutari`` (decimal string), ``kesinti_tutari``
+  (PayTR's deduction, the fee), ``net_tutar``, ``islem_tarihi`` (``DD.MM.YYYY``, no time), ``para_birimi``,
+  ``siparis_no`` (our ``merchant_oid``). The rows are read from ``data``, where PayTR's integrations find
+  them (PayTR's pages show the fields, not the envelope); another shape fails loudly. Returns carry no
+  refund id of their own, only the order's ``merchant_oid``.
 
 The browser's return to ``merchant_ok_url``/``merchant_fail_url`` is unsigned and only triggers a status
 query (``complete_payment``).
@@ -21,9 +32,11 @@ query (``complete_payment``).
 Units: ``payment_amount`` and the callback's amounts are kuruş-style integers (amount * 100; every currency
 PayTR takes has two decimals); the basket, the status answer and ``return_amount`` use decimal strings
 (``"11.97"``). PayTR writes TRY as ``TL``. ``merchant_oid`` must be alphanumeric, so it is our payment id
-without the underscore. PayTR requires the payer's IP address: the payments service passes it as
-``metadata["payer_ip"]``. No call has an idempotency key, so ``get-token`` and refunds are sent once; the
-refund's optional ``reference_no`` carries our refund key for tracing.
+without the underscore. PayTR is a Turkish service and its dates are Turkey time (UTC+3 all year since
+2016): the transaction list for a UTC day asks for ``03:00:00`` to ``02:59:59`` the next day. PayTR requires
+the payer's IP address: the payments service passes it as ``metadata["payer_ip"]``. No call has an
+idempotency key, so ``get-token`` and refunds are sent once; the refund's optional ``reference_no`` carries
+our refund key for tracing. The transaction list is a read and is retried.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -52,6 +66,8 @@ from emanet.providers.base import (
     ProviderDeclined,
     ProviderPayment,
     ProviderRefund,
+    SettlementKind,
+    SettlementRecord,
     UnsupportedOperation,
     WebhookEvent,
     WebhookReply,
@@ -64,6 +80,9 @@ WIRE_CURRENCY = {"TRY": "TL", "USD": "USD", "EUR": "EUR", "GBP": "GBP", "RUB": "
 OUR_CURRENCY = {wire: ours for ours, wire in WIRE_CURRENCY.items()}
 CALLBACK_STATUSES: dict[str, PaymentStatus] = {"success": "succeeded", "failed": "failed"}
 PAYMENT_WINDOW_MINUTES = 30  # iFrame ``timeout_limit``
+TURKEY_TIME = timezone(timedelta(hours=3), "TRT")  # Europe/Istanbul: UTC+3 all year since 2016
+REPORT_WINDOW_FORMAT = "%Y-%m-%d %H:%M:%S"
+REPORT_KINDS: dict[str, SettlementKind] = {"S": "payment", "I": "refund"}
 
 
 class PaytrProvider(PaymentProvider):
@@ -210,6 +229,55 @@ class PaytrProvider(PaymentProvider):
             reference=reference_no or reference, status="succeeded", amount=amount, raw=answer
         )
 
+    # ------------------------------------------------------------------------------------ reconciliation
+    async def list_settlements(self, day: date) -> list[SettlementRecord]:
+        """Sales and returns PayTR recorded on the UTC ``day`` (it lists only completed ones; no payouts)."""
+        start = datetime.combine(day, time.min, UTC)
+        end = start + timedelta(days=1)
+        merchant_id = self._merchant_id()
+        start_date = start.astimezone(TURKEY_TIME).strftime(REPORT_WINDOW_FORMAT)
+        end_date = (end - timedelta(seconds=1)).astimezone(TURKEY_TIME).strftime(REPORT_WINDOW_FORMAT)
+        fields = {
+            "merchant_id": merchant_id,
+            "start_date": start_date,
+            "end_date": end_date,
+            "dummy": "0",
+            "paytr_token": self.sign(merchant_id, start_date, end_date, self._salt()),
+        }
+        answer = await self._post("/rapor/islem-dokumu", fields, idempotent=True, what="transaction list")
+        status = answer.get("status")
+        if status == "failed":  # no transaction in the range
+            return []
+        if status != "success":
+            raise ProviderError(
+                f"PayTR refused the transaction list: {answer.get('err_no') or status} "
+                f"{answer.get('err_msg') or ''}".rstrip(),
+                provider="paytr",
+            )
+        rows = answer.get("data")
+        if not isinstance(rows, list):
+            raise ProviderError("PayTR answered the transaction list without a list of transactions")
+        records: list[SettlementRecord] = []
+        for row in rows:
+            kind = REPORT_KINDS.get(str(row.get("islem_tipi") or "")) if isinstance(row, dict) else None
+            if kind is None:  # not a row, or neither a sale nor a return
+                continue
+            wire_currency = str(row.get("para_birimi") or "")
+            currency = OUR_CURRENCY.get(wire_currency)
+            if currency is None:
+                raise ProviderError(f"PayTR reported a transaction in an unknown currency {wire_currency!r}")
+            records.append(
+                SettlementRecord(
+                    reference=str(row.get("siparis_no") or ""),
+                    kind=kind,
+                    amount=abs(_report_amount(row.get("islem_tutari"), currency)),
+                    currency=currency,
+                    fee=abs(_report_amount(row.get("kesinti_tutari") or "0", currency)),
+                    occurred_at=_report_day(row.get("islem_tarihi"), start, end),
+                )
+            )
+        return records
+
     # ------------------------------------------------------------------------------------------ webhooks
     async def parse_webhook(
         self, headers: Mapping[str, str], body: bytes, remote_ip: str | None = None
@@ -290,6 +358,25 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+def _report_amount(value: Any, currency: str) -> int:
+    """A transaction-list amount: ``"10.00"`` as documented; a decimal comma (``"1.234,56"``) is accepted."""
+    text = str(value if value is not None else "").strip()
+    if "," in text:
+        decimal_mark = "," if text.rfind(",") > text.rfind(".") else "."
+        grouping = "." if decimal_mark == "," else ","
+        text = text.replace(grouping, "").replace(decimal_mark, ".")
+    return _minor_units(text, currency)
+
+
+def _report_day(value: Any, start: datetime, end: datetime) -> datetime:
+    """``islem_tarihi`` (``DD.MM.YYYY``, Turkey time, no time of day) as a moment inside ``[start, end)``."""
+    try:
+        local_midnight = datetime.strptime(str(value), "%d.%m.%Y").replace(tzinfo=TURKEY_TIME)
+    except ValueError as exc:
+        raise ProviderError(f"PayTR reported a transaction date that is not a date: {value!r}") from exc
+    return min(max(local_midnight.astimezone(UTC), start), end - timedelta(seconds=1))
 
 
 def _decimal_string(amount: int, currency: str) -> str:

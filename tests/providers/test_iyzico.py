@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
+from werkzeug import Request, Response
 
+from emanet.core.errors import ProviderError
 from emanet.core.settings import Settings
 from emanet.providers.base import (
     CreatePayment,
@@ -14,6 +18,7 @@ from emanet.providers.base import (
     InvalidWebhookSignature,
     ProviderDeclined,
     ProviderUnavailable,
+    SettlementRecord,
 )
 from emanet.providers.iyzico import IyzicoProvider
 from emanet.providers.registry import get_provider
@@ -224,3 +229,218 @@ def test_methods(fake) -> None:
 
     assert adapter.methods("TRY") == ["card"]
     assert adapter.methods("SAR") == []
+
+
+# ------------------------------------------------------------------------------------------- reconciliation
+REPORT = "/v2/reporting/payment/transactions"
+
+
+class DailyReport:
+    """iyzico's daily transactions report on the local fake: pages of lines per Turkish calendar date.
+
+    Every request must carry the IYZWSv2 signature the fake checks for its other endpoints; the reply shapes
+    follow docs.iyzico.com "Raporlama Servisi" (``currentPage``/``totalPageCount`` absent on an empty day).
+    """
+
+    def __init__(self, fake: IyzicoFake, pages: dict[str, list[list[dict[str, Any]]]]) -> None:
+        self.fake = fake
+        self.pages = pages
+        self.requests: list[tuple[str, str]] = []
+        fake.server.expect_request(REPORT, method="GET").respond_with_handler(self._answer)
+
+    def _answer(self, request: Request) -> Response:
+        self.requests.append((request.args.get("transactionDate", ""), request.args.get("page", "")))
+        if not self.fake._authenticated(request):
+            return _reply({"status": "failure", "errorCode": "1000", "errorMessage": "Geçersiz imza"})
+        day_pages = self.pages.get(request.args["transactionDate"], [])
+        base = {"status": "success", "locale": "tr", "systemTime": 1795338000000}
+        if not day_pages:
+            return _reply({**base, "transactions": []})
+        page = int(request.args["page"])
+        return _reply(
+            {
+                **base,
+                "transactions": day_pages[page - 1],
+                "currentPage": page,
+                "totalPageCount": len(day_pages),
+            }
+        )
+
+
+def _reply(payload: dict[str, Any]) -> Response:
+    return Response(json.dumps(payload), status=200, content_type="application/json")
+
+
+def line(kind: str, at: str, **fields: Any) -> dict[str, Any]:
+    """One report line shaped like iyzico's (TransactionReportItem in the official SDKs)."""
+    values: dict[str, Any] = {
+        "transactionType": kind,
+        "transactionDate": at,
+        "transactionId": 70_001,
+        "paymentTxId": 31_000_001,
+        "paymentId": 22_400_001,
+        "conversationId": "pay_x-1",
+        "paymentPhase": "AUTH",
+        "price": 1.0,
+        "paidPrice": 1.0,
+        "transactionCurrency": "TRY",
+        "installment": 1,
+        "threeDS": 1,
+        "settlementCurrency": "TRY",
+        "connectorType": "HALKBANK",
+        "posOrderId": "1795338000000",
+        "authCode": "123456",
+        "hostReference": "mock00001iyzihostrfn",
+        "basketId": fields.get("conversationId", "pay_x-1"),
+    }
+    if kind == "PAYMENT":
+        values.update(
+            transactionStatus=1,
+            iyzicoCommission=0.0,
+            iyzicoFee=0.0,
+            parity=1,
+            iyzicoConversionAmount=0,
+            merchantPayoutAmount=1.0,
+            subMerchantPayoutAmount=0,
+        )
+    if kind == "REFUND":
+        values["afterSettlement"] = 0
+    values.update(fields)
+    return values
+
+
+async def test_settlements_follow_pages_and_keep_the_utc_day(provider, fake) -> None:
+    created = await provider.create_payment(payment("pay_01jrecon-1", amount=125_050))
+    [sent] = fake.calls(INITIALIZE)
+    ours = sent["conversationId"]  # iyzico echoes our conversationId (the payment attempt key) in the report
+    report = DailyReport(
+        fake,
+        {
+            "2026-11-21": [
+                [
+                    # 02:30 in Turkey is 23:30 UTC the day before: not this day
+                    line(
+                        "PAYMENT",
+                        "2026-11-21 02:30:00",
+                        paymentId=11,
+                        conversationId="pay_early-1",
+                        price=100,
+                    ),
+                    line(
+                        "PAYMENT",
+                        "2026-11-21 10:15:00",
+                        paymentId=22_400_001,
+                        conversationId=ours,
+                        price=1250.5,
+                        paidPrice=1250.5,
+                        iyzicoCommission=31.14,
+                        iyzicoFee=0.25,
+                    ),
+                    line("PAYMENT", "2026-11-21 11:00:00", paymentId=13, transactionStatus=-1, price=80),
+                    line(
+                        "PAYMENT",
+                        "2026-11-21 12:00:00",
+                        paymentId=22_400_007,
+                        conversationId="pay_usd-1",
+                        transactionCurrency="USD",
+                        price="20.00",
+                        iyzicoCommission="0.58",
+                        iyzicoFee="0.25",
+                    ),
+                ],
+                [
+                    line(
+                        "REFUND",
+                        "2026-11-21 18:00:00",
+                        transactionId=9001,
+                        paymentId=22_400_001,
+                        conversationId="rf_1",
+                        price=500.25,
+                    ),
+                    line("PAYMENT", "2026-11-21 19:00:00", paymentId=14, transactionStatus=0, price=60),
+                    line(
+                        "PAYMENT",
+                        "2026-11-21 20:00:00",
+                        paymentId=22_400_002,
+                        paymentTxId=1,
+                        conversationId="pay_b-1",
+                        transactionStatus=2,
+                        price=10,
+                        iyzicoCommission=0.25,
+                        iyzicoFee=0.25,
+                    ),
+                    line(
+                        "PAYMENT",
+                        "2026-11-21 20:00:00",
+                        paymentId=22_400_002,
+                        paymentTxId=2,
+                        conversationId="pay_b-1",
+                        transactionStatus=2,
+                        price=5.5,
+                        iyzicoCommission=0.14,
+                        iyzicoFee=0,
+                    ),
+                ],
+            ],
+            "2026-11-22": [
+                [
+                    line(
+                        "CANCEL",
+                        "2026-11-22 01:00:00",
+                        transactionId=9002,
+                        paymentId=22_400_005,
+                        conversationId="cancel-7",
+                        price=99.9,
+                    ),
+                    # 04:00 in Turkey is 01:00 UTC the day after: not this day
+                    line("PAYMENT", "2026-11-22 04:00:00", paymentId=16, conversationId="pay_l-1", price=1),
+                ]
+            ],
+        },
+    )
+
+    records = await provider.list_settlements(date(2026, 11, 21))
+
+    def at(hour: int, minute: int = 0) -> datetime:
+        return datetime(2026, 11, 21, hour, minute, tzinfo=UTC)
+
+    assert created.status == "requires_action"
+    assert sorted(records, key=lambda r: r.reference) == [
+        SettlementRecord("22400001", "payment", 125_050, "TRY", 3114 + 25, at(7, 15), ours),
+        SettlementRecord("22400002", "payment", 1_550, "TRY", 25 + 25 + 14, at(17), "pay_b-1"),
+        SettlementRecord("22400007", "payment", 2_000, "USD", 58 + 25, at(9), "pay_usd-1"),
+        SettlementRecord("9001", "refund", 50_025, "TRY", 0, at(15), "rf_1"),
+        SettlementRecord("9002", "refund", 9_990, "TRY", 0, at(22), "cancel-7"),
+    ]
+    # A UTC day is 03:00 to 03:00 in Turkey: both Turkish dates are read, every page of each.
+    assert report.requests == [("2026-11-21", "1"), ("2026-11-21", "2"), ("2026-11-22", "1")]
+
+
+async def test_settlements_of_an_empty_day(provider, fake) -> None:
+    report = DailyReport(fake, {})
+
+    assert await provider.list_settlements(date(2026, 11, 21)) == []
+    assert report.requests == [("2026-11-21", "1"), ("2026-11-22", "1")]
+
+
+async def test_settlements_refused_with_a_wrong_secret(fake) -> None:
+    report = DailyReport(fake, {"2026-11-21": [[line("PAYMENT", "2026-11-21 10:00:00")]]})
+    adapter = get_provider("iyzico", make_settings(fake.url, iyzico_secret_key="not-the-secret"))
+
+    with pytest.raises(ProviderError, match="1000 Geçersiz imza") as refused:
+        await adapter.list_settlements(date(2026, 11, 21))
+    assert not isinstance(refused.value, ProviderUnavailable)
+    assert report.requests == [("2026-11-21", "1")]
+
+
+async def test_settlements_retry_5xx_then_give_up_clearly(provider, fake) -> None:
+    report = DailyReport(fake, {})
+    fake.server.expect_oneshot_request(REPORT, method="GET").respond_with_data("bad gateway", 502)
+    assert await provider.list_settlements(date(2026, 11, 21)) == []
+    assert len(report.requests) == 2  # the 502 went to the one-shot handler, then both dates answered
+
+    for _ in range(3):
+        fake.server.expect_oneshot_request(REPORT, method="GET").respond_with_data("unavailable", 503)
+    with pytest.raises(ProviderUnavailable, match="after 3 attempt"):
+        await provider.list_settlements(date(2026, 11, 21))
+    assert len(report.requests) == 2

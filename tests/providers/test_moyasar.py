@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
+from werkzeug import Request, Response
 
 from emanet.core.settings import Settings
 from emanet.providers.base import (
@@ -14,6 +18,7 @@ from emanet.providers.base import (
     InvalidWebhookSignature,
     ProviderDeclined,
     ProviderUnavailable,
+    SettlementRecord,
     UnsupportedOperation,
 )
 from emanet.providers.moyasar import MoyasarProvider
@@ -258,3 +263,264 @@ async def test_method_not_offered_is_refused_before_any_call(provider, fake) -> 
             )
         )
     assert fake.server.received == []
+
+
+# ------------------------------------------------------------------------------------------- settlements
+DAY = date(2026, 11, 22)
+
+
+class PaymentListing:
+    """``GET /v1/payments`` as docs.moyasar.com describes it ("List Payments", "Pagination"): newest first,
+    ``per_page`` objects a page, filters ``status``, ``created[gt]``/``created[lt]`` (both exclusive) and
+    ``page``, answered as ``{"payments": [...], "meta": {current_page, next_page, prev_page, total_pages,
+    total_count}}`` with Payment Objects (``payment_list.json`` of moyasar-php)."""
+
+    def __init__(self, fake: MoyasarFake, per_page: int = 2) -> None:
+        self.fake = fake
+        self.per_page = per_page
+        self.payments: list[dict[str, Any]] = []
+        self.queries: list[dict[str, str]] = []
+        fake.server.expect_request("/v1/payments", method="GET").respond_with_handler(self.handle)
+
+    def add(
+        self,
+        status: str,
+        created_at: str,
+        *,
+        amount: int = 10_000,
+        fee: int = 0,
+        currency: str = "SAR",
+        refunded: int = 0,
+        refunded_at: str | None = None,
+        invoice_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        payment_id: str | None = None,
+    ) -> dict[str, Any]:
+        payment = {
+            "id": payment_id or f"0b9f6c1e-0000-4000-8000-{len(self.payments):012d}",
+            "status": status,
+            "amount": amount,
+            "fee": fee,
+            "currency": currency,
+            "refunded": refunded,
+            "refunded_at": refunded_at,
+            "captured": 0,
+            "captured_at": None,
+            "voided_at": None,
+            "description": "Escrow E-2001",
+            "amount_format": f"{amount / 100:.2f} {currency}",
+            "fee_format": f"{fee / 100:.2f} {currency}",
+            "refunded_format": f"{refunded / 100:.2f} {currency}",
+            "invoice_id": invoice_id,
+            "ip": None,
+            "callback_url": "https://emanet.test/api/v1/payments/return",
+            "created_at": created_at,
+            "updated_at": refunded_at or created_at,
+            "metadata": metadata,
+            "source": {
+                "type": "creditcard",
+                "company": "mada",
+                "name": "Sara A",
+                "number": "4201-32XX-XXXX-1010",
+                "message": "APPROVED" if status != "failed" else "INSUFFICIENT_FUNDS",
+                "transaction_url": None,
+            },
+        }
+        self.payments.append(payment)
+        return payment
+
+    def handle(self, request: Request) -> Response:
+        expected = "Basic " + base64.b64encode(f"{SECRET_KEY}:".encode()).decode()
+        if request.headers.get("Authorization") != expected:
+            return _json({"type": "authentication_error", "message": "Invalid credentials"}, 401)
+        query = dict(request.args.items())
+        self.queries.append(query)
+        chosen = [p for p in self.payments if self._matches(p, query)]
+        chosen.sort(key=lambda p: _at(p["created_at"]), reverse=True)
+        page = int(query.get("page", "1"))
+        total_pages = max(1, -(-len(chosen) // self.per_page))
+        rows = chosen[(page - 1) * self.per_page : page * self.per_page]
+        meta = {
+            "current_page": page,
+            "next_page": page + 1 if page < total_pages else None,
+            "prev_page": page - 1 if page > 1 else None,
+            "total_pages": total_pages,
+            "total_count": len(chosen),
+        }
+        return _json({"payments": rows, "meta": meta})
+
+    @staticmethod
+    def _matches(payment: dict[str, Any], query: dict[str, str]) -> bool:
+        created = _at(payment["created_at"])
+        if "status" in query and payment["status"] != query["status"]:
+            return False
+        if "created[gt]" in query and not created > _at(query["created[gt]"]):
+            return False
+        return not ("created[lt]" in query and not created < _at(query["created[lt]"]))
+
+    def calls(self, **having: str) -> list[dict[str, str]]:
+        return [q for q in self.queries if all(q.get(k) == v for k, v in having.items())]
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, content_type="application/json")
+
+
+def _sorted(records: list[SettlementRecord]) -> list[SettlementRecord]:
+    return sorted(records, key=lambda r: (r.kind, r.reference))
+
+
+async def test_settlements_of_a_day_follow_every_page_and_keep_only_money_movements(provider, fake) -> None:
+    listing = PaymentListing(fake, per_page=2)
+    # A saved-card payment made through the adapter: the listing echoes the metadata we sent.
+    charged = await provider.create_payment(payment("pay_01jcard-1", token="token_frictionless"))
+    ours = fake.payments[charged.reference]
+    listing.payments.append({**ours, "created_at": "2026-11-22T08:15:00.123Z", "refunded_at": None})
+    invoice = listing.add(
+        "paid", "2026-11-22T23:59:59.999Z", amount=50_000, fee=1_150, invoice_id="c2d1f5a4-inv"
+    )
+    kwd = listing.add(
+        "captured",
+        "2026-11-22T00:00:00.000Z",
+        amount=12_345,
+        fee=310,
+        currency="KWD",
+        metadata={"payment_id": "pay_01jkwd-2", "escrow_id": "esc_9"},
+    )
+    same_day_refund = listing.add(
+        "refunded",
+        "2026-11-22T11:00:00.000Z",
+        amount=20_000,
+        fee=460,
+        refunded=20_000,
+        refunded_at="2026-11-22T17:30:00.000Z",
+        metadata={"payment_id": "pay_01jsame-1"},
+    )
+    old_refund = listing.add(
+        "refunded",
+        "2026-11-17T09:00:00.000Z",
+        amount=30_000,
+        fee=690,
+        refunded=10_000,
+        refunded_at="2026-11-22T10:00:00.000Z",
+    )
+    # Not on the day, or no money moved:
+    listing.add("failed", "2026-11-22T09:00:00.000Z")
+    listing.add("initiated", "2026-11-22T09:30:00.000Z")
+    listing.add("authorized", "2026-11-22T09:40:00.000Z")
+    listing.add("voided", "2026-11-22T09:45:00.000Z")
+    listing.add("paid", "2026-11-21T23:59:59.500Z", fee=230)  # inside the second asked for, the day before
+    listing.add("paid", "2026-11-23T00:00:00.000Z", fee=230)  # the next day
+    listing.add("refunded", "2026-11-19T09:00:00.000Z", refunded=500, refunded_at="2026-11-21T12:00:00.000Z")
+    listing.add("refunded", "2026-11-20T09:00:00.000Z", refunded=700, refunded_at="2026-11-23T00:00:00.000Z")
+
+    records = await provider.list_settlements(DAY)
+
+    assert _sorted(records) == _sorted(
+        [
+            SettlementRecord(
+                reference=charged.reference,
+                kind="payment",
+                amount=25_075,
+                currency="SAR",
+                fee=230,
+                occurred_at=datetime(2026, 11, 22, 8, 15, 0, 123_000, tzinfo=UTC),
+                merchant_reference="pay_01jcard-1",
+            ),
+            SettlementRecord(
+                reference="invoice:c2d1f5a4-inv",  # the reference we store for a hosted-invoice payment
+                kind="payment",
+                amount=50_000,
+                currency="SAR",
+                fee=1_150,
+                occurred_at=datetime(2026, 11, 22, 23, 59, 59, 999_000, tzinfo=UTC),
+            ),
+            SettlementRecord(
+                reference=kwd["id"],
+                kind="payment",
+                amount=12_345,
+                currency="KWD",
+                fee=310,
+                occurred_at=datetime(2026, 11, 22, tzinfo=UTC),
+                merchant_reference="pay_01jkwd-2",
+            ),
+            SettlementRecord(
+                reference=same_day_refund["id"],
+                kind="payment",
+                amount=20_000,
+                currency="SAR",
+                fee=460,
+                occurred_at=datetime(2026, 11, 22, 11, tzinfo=UTC),
+                merchant_reference="pay_01jsame-1",
+            ),
+            SettlementRecord(
+                reference=same_day_refund["id"],
+                kind="refund",
+                amount=20_000,
+                currency="SAR",
+                fee=0,
+                occurred_at=datetime(2026, 11, 22, 17, 30, tzinfo=UTC),
+            ),
+            SettlementRecord(
+                reference=old_refund["id"],
+                kind="refund",
+                amount=10_000,
+                currency="SAR",
+                fee=0,
+                occurred_at=datetime(2026, 11, 22, 10, tzinfo=UTC),
+            ),
+        ]
+    )
+    assert invoice["id"] not in {r.reference for r in records}
+    # The day's payments: asked with the window, 9 of them on 5 pages, every page read once.
+    window = {"created[gt]": "2026-11-21T23:59:59Z", "created[lt]": "2026-11-23T00:00:00Z"}
+    day_pages = [q for q in listing.queries if "status" not in q]
+    assert day_pages == [{**window, "page": str(n)} for n in range(1, 6)]
+    # The refunds: every refunded payment created before the day's end (4 of them), on 2 pages.
+    refund_pages = listing.calls(status="refunded")
+    assert refund_pages == [
+        {"status": "refunded", "created[lt]": "2026-11-23T00:00:00Z", "page": str(n)} for n in range(1, 3)
+    ]
+    assert len(listing.queries) == 7
+
+
+async def test_settlements_of_a_quiet_day_are_empty_after_one_page_each(provider, fake) -> None:
+    listing = PaymentListing(fake)
+    listing.add("failed", "2026-11-22T09:00:00.000Z")
+
+    assert await provider.list_settlements(DAY) == []
+    assert [q["page"] for q in listing.queries] == ["1", "1"]
+
+
+async def test_settlement_listing_retries_a_5xx_then_reads_on(provider, fake) -> None:
+    listing = PaymentListing(fake, per_page=1)
+    listing.add("paid", "2026-11-22T10:00:00.000Z", fee=230)
+    listing.add("paid", "2026-11-22T11:00:00.000Z", fee=230)
+    fake.fail_next("GET", "/v1/payments", 502)
+
+    records = await provider.list_settlements(DAY)
+
+    assert sorted(r.occurred_at.hour for r in records) == [10, 11]
+    assert len(fake.calls("GET", "/v1/payments")) == 4  # the 502, two pages, the (empty) refund page
+
+
+async def test_settlement_listing_gives_up_after_the_retries(provider, fake) -> None:
+    PaymentListing(fake)
+    fake.fail_next("GET", "/v1/payments", 503, times=3)
+
+    with pytest.raises(ProviderUnavailable, match="after 3 attempt"):
+        await provider.list_settlements(DAY)
+    assert len(fake.calls("GET", "/v1/payments")) == 3
+
+
+async def test_settlement_listing_refused_is_a_decline(fake) -> None:
+    PaymentListing(fake)
+    adapter = get_provider("moyasar", make_settings(fake.url, moyasar_secret_key="sk_test_wrong"))
+
+    with pytest.raises(ProviderDeclined) as refused:
+        await adapter.list_settlements(DAY)
+    assert refused.value.decline_code == "authentication_error"

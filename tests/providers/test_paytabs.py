@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -13,8 +14,10 @@ from emanet.providers.base import (
     CreatePayment,
     Customer,
     InvalidWebhookSignature,
+    PaymentProvider,
     ProviderDeclined,
     ProviderUnavailable,
+    UnsupportedOperation,
 )
 from emanet.providers.paytabs import PaytabsProvider
 from emanet.providers.registry import get_provider
@@ -256,3 +259,12 @@ def test_methods(fake) -> None:
     assert adapter.methods("SAR", "SA") == ["card", "mada", "apple_pay", "stc_pay"]
     assert adapter.methods("AED") == ["card", "apple_pay"]
     assert adapter.methods("TRY") == []
+
+
+async def test_no_settlement_listing_and_nothing_is_sent(provider, fake) -> None:
+    # PayTabs publishes no transaction listing (only Dashboard-scheduled Excel reports): reconciliation
+    # falls back to one /payment/query per payment of ours.
+    with pytest.raises(UnsupportedOperation, match="PayTabs"):
+        await provider.list_settlements(date(2026, 11, 22))
+    assert type(provider).list_settlements is PaymentProvider.list_settlements
+    assert fake.server.received == []

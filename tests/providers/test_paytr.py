@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from werkzeug import Request, Response
 
+from emanet.core.errors import ProviderError
 from emanet.core.settings import Settings
 from emanet.providers.base import (
     CreatePayment,
@@ -16,6 +21,7 @@ from emanet.providers.base import (
     InvalidWebhookSignature,
     ProviderDeclined,
     ProviderUnavailable,
+    SettlementRecord,
 )
 from emanet.providers.paytr import PaytrProvider
 from emanet.providers.registry import get_provider
@@ -213,3 +219,154 @@ def test_methods(fake) -> None:
 
     assert adapter.methods("TRY", "TR") == ["card"]
     assert adapter.methods("SAR") == []
+
+
+# ------------------------------------------------------------------------------------------- reconciliation
+LIST = "/rapor/islem-dokumu"
+DAY = date(2026, 11, 21)
+START = datetime(2026, 11, 21, tzinfo=UTC)
+
+
+class TransactionList:
+    """PayTR's "İşlem Dökümü" on the local fake (dev.paytr.com/islem-dokumu): the paid orders as sale rows
+    (``S``) and their returns (``I``), PayTR's 2.35 % deduction on sales. The ``paytr_token`` is recomputed
+    from the posted window and a wrong one is refused the way PayTR refuses it (``status: error``)."""
+
+    def __init__(self, fake: PaytrFake, rows: list[dict[str, Any]] | None = None) -> None:
+        self.fake = fake
+        self.rows = rows
+        self.windows: list[tuple[str, str, str]] = []
+        fake.server.expect_request(LIST, method="POST").respond_with_handler(self._answer)
+
+    def _answer(self, request: Request) -> Response:
+        f = request.form
+        self.windows.append((f["start_date"], f["end_date"], f.get("dummy", "")))
+        expected = self.fake.sign(f["merchant_id"], f["start_date"], f["end_date"], self.fake.merchant_salt)
+        if f["merchant_id"] != self.fake.merchant_id or f.get("paytr_token") != expected:
+            return _reply({"status": "error", "err_no": "004", "err_msg": "paytr_token hatali"})
+        rows = self.rows if self.rows is not None else self._from_orders(f["start_date"])
+        if not rows:
+            return _reply({"status": "failed", "err_msg": "ilgili tarih araliginda islem bulunamadi"})
+        return _reply({"status": "success", "data": rows})
+
+    def _from_orders(self, start_date: str) -> list[dict[str, Any]]:
+        day = datetime.strptime(start_date, "%Y-%m-%d %H:%M:%S").strftime("%d.%m.%Y")
+        rows: list[dict[str, Any]] = []
+        for order in self.fake.orders.values():
+            if not order.paid:
+                continue
+            amount = Decimal(order.payment_amount) / 100
+            fee = (amount * Decimal("0.0235")).quantize(Decimal("0.01"))
+            rows.append(row("S", amount, fee, day, order.currency, order.merchant_oid))
+            rows += [
+                row("I", refund, Decimal(0), day, order.currency, order.merchant_oid)
+                for refund in order.returns
+            ]
+        return rows
+
+
+def row(
+    kind: str, amount: Decimal, fee: Decimal, day: str, currency: str, merchant_oid: str
+) -> dict[str, Any]:
+    return {
+        "islem_tipi": kind,
+        "net_tutar": f"{amount - fee:.2f}",
+        "kesinti_tutari": f"{fee:.2f}",
+        "kesinti_orani": "2.35" if fee else "0",
+        "islem_tutari": f"{amount:.2f}",
+        "odeme_tutari": f"{amount:.2f}",
+        "islem_tarihi": day,
+        "para_birimi": currency,
+        "taksit": "0",
+        "kart_marka": "WORLD",
+        "kart_no": "545616***5454",
+        "siparis_no": merchant_oid,
+        "odeme_tipi": "KART",
+    }
+
+
+def _reply(payload: dict[str, Any]) -> Response:
+    return Response(json.dumps(payload), status=200, content_type="application/json")
+
+
+async def test_settlements_list_sales_and_returns_of_the_utc_day(provider, fake) -> None:
+    listing = TransactionList(fake)
+    paid = await provider.create_payment(payment("pay_a-1", amount=49_990))
+    declined = await provider.create_payment(payment("pay_b-1", amount=20_000))
+    in_dollars = await provider.create_payment(
+        CreatePayment(**{**payment("pay_c-1", amount=2_500).__dict__, "currency": "USD"})
+    )
+    fake.pay(paid.reference, "success")
+    fake.pay(declined.reference, "declined")
+    fake.pay(in_dollars.reference, "success")
+    await provider.refund(paid.reference, 10_000, "TRY", idempotency_key="rf_01j_a")
+
+    records = await provider.list_settlements(DAY)
+
+    assert (paid.reference, in_dollars.reference) == ("paya1", "payc1")
+    assert sorted(records, key=lambda r: (r.reference, r.kind)) == [
+        SettlementRecord("paya1", "payment", 49_990, "TRY", 1_175, START),  # 2.35 % of 499.90 = 11.75
+        SettlementRecord("paya1", "refund", 10_000, "TRY", 0, START),
+        SettlementRecord("payc1", "payment", 2_500, "USD", 59, START),  # 0.5875 -> 0.59
+    ]
+    # The UTC day is 03:00 to 02:59:59 in Turkey, signed as merchant_id + start + end + salt.
+    assert listing.windows == [("2026-11-21 03:00:00", "2026-11-22 02:59:59", "0")]
+
+
+async def test_settlements_read_paytr_rows_as_documented(provider, fake) -> None:
+    TransactionList(
+        fake,
+        [
+            {**row("S", Decimal(0), Decimal(0), "22.11.2026", "TL", "payd1"), "islem_tutari": "1.234,56"},
+            {**row("S", Decimal("12.00"), Decimal("0.28"), "21.11.2026", "EUR", "paye1")},
+            {**row("I", Decimal("5.00"), Decimal(0), "22.11.2026", "TL", "paye1"), "islem_tutari": "-5.00"},
+            {**row("X", Decimal("1.00"), Decimal(0), "22.11.2026", "TL", "payf1")},
+        ],
+    )
+
+    records = await provider.list_settlements(DAY)
+
+    late = datetime(2026, 11, 21, 21, tzinfo=UTC)  # 22.11.2026 00:00 in Turkey
+    assert records == [
+        SettlementRecord("payd1", "payment", 123_456, "TRY", 0, late),
+        SettlementRecord("paye1", "payment", 1_200, "EUR", 28, START),
+        SettlementRecord("paye1", "refund", 500, "TRY", 0, late),
+    ]
+
+
+async def test_settlements_of_a_day_without_transactions(provider, fake) -> None:
+    listing = TransactionList(fake)
+    created = await provider.create_payment(payment())
+    fake.pay(created.reference, "3ds_failed")
+
+    assert await provider.list_settlements(DAY) == []
+    assert len(listing.windows) == 1
+
+
+async def test_settlements_refused_with_a_wrong_key(fake) -> None:
+    listing = TransactionList(fake, [])
+    adapter = get_provider("paytr", make_settings(fake.url, paytr_merchant_key="not-the-key"))
+
+    with pytest.raises(ProviderError, match="004 paytr_token hatali") as refused:
+        await adapter.list_settlements(DAY)
+    assert not isinstance(refused.value, ProviderUnavailable)
+    assert len(listing.windows) == 1
+
+
+async def test_settlements_answer_without_rows_fails_loudly(provider, fake) -> None:
+    fake.server.expect_request(LIST, method="POST").respond_with_json({"status": "success", "rows": []})
+
+    with pytest.raises(ProviderError, match="without a list"):
+        await provider.list_settlements(DAY)
+
+
+async def test_settlements_retry_5xx_then_give_up_clearly(provider, fake) -> None:
+    listing = TransactionList(fake, [])
+    fake.fail_next(LIST, 502)
+    assert await provider.list_settlements(DAY) == []
+    assert len(listing.windows) == 1
+
+    fake.fail_next(LIST, 503, times=3)
+    with pytest.raises(ProviderUnavailable, match="after 3 attempt"):
+        await provider.list_settlements(DAY)
+    assert len(fake.calls(LIST)) == 5
