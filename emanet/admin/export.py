@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-import xlsxwriter
 
 from emanet.core.db import Database
 from emanet.escrow.models import Escrow
@@ -94,6 +93,8 @@ class _XlsxWriter:
     """One workbook on disk; rows are appended in constant memory, a new sheet every ``XLSX_MAX_ROWS``."""
 
     def __init__(self, path: str) -> None:
+        import xlsxwriter  # lazy: only XLSX exports need it
+
         self.workbook = xlsxwriter.Workbook(
             path,
             {

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, event, select
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -113,6 +113,44 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(connection: Any) -> None:
         # Writers take the lock up front: SQLite's stand-in for SELECT … FOR UPDATE.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+ModelT = TypeVar("ModelT")
+_LOCKS = "emanet.locked_rows"
+
+
+def _locked_rows(session: AsyncSession) -> dict[tuple[type[Any], Any], Any]:
+    """The rows the session's current (sub)transaction has locked, held strongly (the identity map would
+    let go of an unmodified object); a new (sub)transaction starts anew."""
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        return {}
+    held: tuple[Any, dict[tuple[type[Any], Any], Any]] | None = session.info.get(_LOCKS)
+    if held is None or held[0] is not transaction:
+        held = (transaction, {})
+        session.info[_LOCKS] = held
+    return held[1]
+
+
+async def lock_row(session: AsyncSession, model: type[ModelT], key: Any) -> ModelT | None:
+    """``SELECT … FOR UPDATE`` of one row by primary key, refreshed from the database (SQLite: the transaction
+    already holds the write lock). Once per (sub)transaction: a row this transaction locked cannot change
+    under it, so asking again returns the same object without a round trip."""
+    locked: ModelT | None = _locked_rows(session).get((model, key))
+    if locked is not None:
+        return locked
+    primary_key = model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
+    row: ModelT | None = (
+        await session.execute(
+            select(model)
+            .where(primary_key == key)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if row is not None:
+        _locked_rows(session)[(model, key)] = row
+    return row
 
 
 def upsert(session: AsyncSession, model: Any) -> Any:

@@ -221,7 +221,8 @@ async def _transition(
     target: S,
     **params: object,
 ) -> EscrowOut:
-    await service.get_escrow(session, escrow_id, principal)  # 404 for strangers before any rule is checked
+    # 404 for strangers before any rule is checked
+    await service.get_escrow(session, escrow_id, principal, lock=True)
     escrow = await service.apply_transition(
         session,
         escrow_id,

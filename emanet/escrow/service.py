@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
 from emanet.core.auth import Principal
-from emanet.core.db import upsert
+from emanet.core.db import lock_row, upsert
 from emanet.core.errors import Conflict, EmanetError, Forbidden, NotFound, Unprocessable
 from emanet.core.middleware import client_ip
 from emanet.core.outbox import emit_event, enqueue
@@ -247,9 +247,12 @@ async def create_escrow(
 # ---------------------------------------------------------------------------------------------- reading
 
 
-async def get_escrow(session: AsyncSession, escrow_id: str, principal: Principal | None = None) -> Escrow:
-    """The escrow, if the caller may see it: a party or staff. Anyone else gets 404, not 403."""
-    escrow = await session.get(Escrow, escrow_id)
+async def get_escrow(
+    session: AsyncSession, escrow_id: str, principal: Principal | None = None, *, lock: bool = False
+) -> Escrow:
+    """The escrow, if the caller may see it: a party or staff. Anyone else gets 404, not 403. ``lock`` takes
+    the row lock a transition will need anyway, so the check and the transition cost one round trip."""
+    escrow = await (lock_row(session, Escrow, escrow_id) if lock else session.get(Escrow, escrow_id))
     if escrow is None or (
         principal is not None
         and not principal.is_staff
@@ -260,15 +263,7 @@ async def get_escrow(session: AsyncSession, escrow_id: str, principal: Principal
 
 
 async def lock_escrow(session: AsyncSession, escrow_id: str) -> Escrow:
-    """SELECT … FOR UPDATE (SQLite: the transaction already holds the write lock)."""
-    escrow = (
-        await session.execute(
-            select(Escrow)
-            .where(Escrow.id == escrow_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    escrow = await lock_row(session, Escrow, escrow_id)
     if escrow is None:
         raise NotFound("No such escrow")
     return escrow

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Boolean, Integer, String, column, func, insert, literal, select, text, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
@@ -73,45 +73,77 @@ async def account_ids(session: AsyncSession, codes: Iterable[str], currency: str
         select(Account.code, Account.id).where(Account.currency == currency, Account.code.in_(wanted))
     )
     found = {code: account_id for code, account_id in rows.all()}
-    missing = wanted - found.keys()
+    missing = sorted(wanted - found.keys())
     if missing:
-        await session.execute(
-            upsert(session, Account)
-            .values(
-                [
-                    {
-                        "code": code,
-                        "currency": currency,
-                        "kind": accounts.kind_of(code).value,
-                        "user_id": accounts.owner_user_id(code),
-                    }
-                    for code in sorted(missing)
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["code", "currency"])
+        found.update(await _create_accounts(session, missing, currency))
+    return found
+
+
+async def _create_accounts(session: AsyncSession, codes: list[str], currency: str) -> dict[str, int]:
+    """Create the accounts with their balance rows. On PostgreSQL one statement does both; an account a
+    concurrent transaction created in the meantime is then looked up afterwards."""
+    new_accounts = upsert(session, Account).values(
+        [
+            {
+                "code": code,
+                "currency": currency,
+                "kind": accounts.kind_of(code).value,
+                "user_id": accounts.owner_user_id(code),
+            }
+            for code in codes
+        ]
+    )
+    created: dict[str, int] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        inserted = new_accounts.on_conflict_do_nothing(index_elements=["code", "currency"]).returning(
+            Account.code, Account.id
         )
-        rows = await session.execute(
-            select(Account.code, Account.id).where(Account.currency == currency, Account.code.in_(missing))
-        )
-        created = {code: account_id for code, account_id in rows.all()}
-        await session.execute(
+        inserted_cte = inserted.cte("inserted")
+        shards = values(
+            column("code", String), column("shard", Integer), column("allow_negative", Boolean), name="shards"
+        ).data(_shard_rows(codes))
+        new_balances = (
             upsert(session, AccountBalance)
-            .values(
-                [
-                    {
-                        "account_id": account_id,
-                        "shard": shard,
-                        "balance": 0,
-                        "allow_negative": accounts.may_go_negative(code),
-                    }
-                    for code, account_id in sorted(created.items())
-                    for shard in range(accounts.HOT_SHARDS if accounts.is_hot(code) else 1)
-                ]
+            .from_select(
+                ["account_id", "shard", "balance", "allow_negative"],
+                select(inserted_cte.c.id, shards.c.shard, literal(0), shards.c.allow_negative).join(
+                    shards, shards.c.code == inserted_cte.c.code
+                ),
             )
             .on_conflict_do_nothing(index_elements=["account_id", "shard"])
+            .cte("new_balances")
         )
-        found.update(created)
-    return found
+        rows = await session.execute(select(inserted_cte.c.code, inserted_cte.c.id).add_cte(new_balances))
+        created = {code: account_id for code, account_id in rows.all()}
+        if len(created) == len(codes):
+            return created
+    else:
+        await session.execute(new_accounts.on_conflict_do_nothing(index_elements=["code", "currency"]))
+    rows = await session.execute(
+        select(Account.code, Account.id).where(
+            Account.currency == currency, Account.code.in_([c for c in codes if c not in created])
+        )
+    )
+    others = {code: account_id for code, account_id in rows.all()}
+    await session.execute(
+        upsert(session, AccountBalance)
+        .values(
+            [
+                {"account_id": others[code], "shard": shard, "balance": 0, "allow_negative": allow_negative}
+                for code, shard, allow_negative in _shard_rows(list(others))
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "shard"])
+    )
+    return {**created, **others}
+
+
+def _shard_rows(codes: list[str]) -> list[tuple[str, int, bool]]:
+    return [
+        (code, shard, accounts.may_go_negative(code))
+        for code in sorted(codes)
+        for shard in range(accounts.HOT_SHARDS if accounts.is_hot(code) else 1)
+    ]
 
 
 async def post_entry(

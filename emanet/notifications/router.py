@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from twilio.request_validator import RequestValidator
 
 from emanet.core.auth import CurrentPrincipal
 from emanet.core.errors import Forbidden, NotFound
@@ -48,6 +47,8 @@ async def twilio_status_callback(request: Request, session: DbSession) -> SmsSta
     params = {key: str(value) for key, value in form.items()}
     url = settings.public_url.rstrip("/") + TWILIO_STATUS_PATH
     signature = request.headers.get("x-twilio-signature", "")
+    from twilio.request_validator import RequestValidator  # lazy: the SDK is heavy (see sms.py)
+
     if not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
         raise Forbidden("Invalid Twilio signature", code="invalid_signature")
     updated = await service.record_sms_status(

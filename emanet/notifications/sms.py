@@ -14,6 +14,7 @@ MessageBird has no maintained async SDK, so it is plain httpx against its docume
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from collections import deque
@@ -26,9 +27,6 @@ import httpx
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from twilio.base.exceptions import TwilioRestException
-from twilio.http import AsyncHttpClient
-from twilio.http.response import Response as TwilioResponse
 
 from emanet.core import clock
 from emanet.core.settings import Settings
@@ -79,40 +77,51 @@ def _retryable_status(status: int) -> bool:
 # --- Twilio ----------------------------------------------------------------------------------------------
 
 
-class HttpxTwilioTransport(AsyncHttpClient):  # type: ignore[misc]  # the SDK is untyped
-    """Sends the Twilio SDK's requests with httpx, to ``base_url`` instead of https://api.twilio.com."""
+@functools.cache
+def httpx_twilio_transport() -> type[Any]:
+    """The transport class, built on first use: importing the Twilio SDK costs ~20 MB, so a process that
+    never sends through Twilio never pays for it."""
+    from twilio.http import AsyncHttpClient
+    from twilio.http.response import Response as TwilioResponse
 
-    def __init__(self, base_url: str, timeout: float) -> None:
-        super().__init__(logging.getLogger("emanet.sms.twilio"), is_async=True, timeout=timeout)
-        self.base = urlsplit(base_url.rstrip("/"))
+    class HttpxTwilioTransport(AsyncHttpClient):  # type: ignore[misc]  # the SDK is untyped
+        """Sends the Twilio SDK's requests with httpx, to ``base_url`` instead of https://api.twilio.com."""
 
-    def _rebase(self, url: str) -> str:
-        parts = urlsplit(url)
-        return urlunsplit((self.base.scheme, self.base.netloc, self.base.path + parts.path, parts.query, ""))
+        def __init__(self, base_url: str, timeout: float) -> None:
+            super().__init__(logging.getLogger("emanet.sms.twilio"), is_async=True, timeout=timeout)
+            self.base = urlsplit(base_url.rstrip("/"))
 
-    async def request(
-        self,
-        method: str,
-        uri: str,
-        params: dict[str, Any] | None = None,
-        data: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the SDK's transport signature
-        allow_redirects: bool = False,
-    ) -> TwilioResponse:
-        async with httpx.AsyncClient(
-            timeout=timeout or self.timeout, follow_redirects=allow_redirects
-        ) as http:
-            response = await http.request(
-                method,
-                self._rebase(uri),
-                params=params,
-                data=data,
-                headers=headers,
-                auth=auth,
+        def _rebase(self, url: str) -> str:
+            parts = urlsplit(url)
+            return urlunsplit(
+                (self.base.scheme, self.base.netloc, self.base.path + parts.path, parts.query, "")
             )
-        return TwilioResponse(response.status_code, response.text, response.headers)
+
+        async def request(
+            self,
+            method: str,
+            uri: str,
+            params: dict[str, Any] | None = None,
+            data: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None,
+            auth: tuple[str, str] | None = None,
+            timeout: float | None = None,  # noqa: ASYNC109 - the SDK's transport signature
+            allow_redirects: bool = False,
+        ) -> TwilioResponse:
+            async with httpx.AsyncClient(
+                timeout=timeout or self.timeout, follow_redirects=allow_redirects
+            ) as http:
+                response = await http.request(
+                    method,
+                    self._rebase(uri),
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    auth=auth,
+                )
+            return TwilioResponse(response.status_code, response.text, response.headers)
+
+    return HttpxTwilioTransport
 
 
 class TwilioSms:
@@ -131,13 +140,14 @@ class TwilioSms:
         self.settings = settings
 
     async def send(self, to: str, text: str) -> SmsReceipt:
+        from twilio.base.exceptions import TwilioRestException
         from twilio.rest import Client  # the SDK's import is heavy; only pay for it when Twilio is used
 
         settings = self.settings
         client = Client(
             settings.twilio_account_sid,
             settings.twilio_auth_token,
-            http_client=HttpxTwilioTransport(settings.twilio_api_base, settings.sms_timeout_seconds),
+            http_client=httpx_twilio_transport()(settings.twilio_api_base, settings.sms_timeout_seconds),
         )
         callback = (
             f"{settings.public_url.rstrip('/')}/api/v1/webhooks/sms/twilio"

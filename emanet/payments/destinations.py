@@ -16,8 +16,6 @@ import re
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from schwifty import IBAN, registry
-from schwifty.exceptions import SchwiftyException
 
 from emanet.core.errors import Unprocessable
 from emanet.providers.base import PayoutDestination
@@ -40,6 +38,9 @@ class InvalidDestination(Unprocessable):
 
 
 def _uses_iban(country: str) -> bool:
+    from schwifty import registry  # lazy: schwifty's bank registry costs ~14 MB, only payouts need it
+    from schwifty.exceptions import SchwiftyException
+
     try:
         spec = registry.get_iban_spec(country)
     except SchwiftyException:
@@ -66,6 +67,9 @@ def validate_destination(raw: dict[str, Any]) -> PayoutDestination:
         raise InvalidDestination(f"type must be one of {', '.join(DESTINATION_TYPES)}", field="type")
     country = str(raw.get("country") or "").strip().upper() or None
     if kind == "iban":
+        from schwifty import IBAN
+        from schwifty.exceptions import SchwiftyException
+
         try:
             iban = IBAN(str(raw.get("iban") or ""), validate_bban=True)
         except SchwiftyException as exc:

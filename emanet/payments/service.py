@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
 from emanet.core.auth import Principal
-from emanet.core.db import Database, new_id, upsert
+from emanet.core.db import Database, lock_row, new_id, upsert
 from emanet.core.errors import Conflict, EmanetError, NotFound, ProviderError, Unprocessable
 from emanet.core.models import Job
 from emanet.core.outbox import emit_event
@@ -217,14 +217,7 @@ def snapshot(payment: Payment, escrow: Escrow | None = None) -> dict[str, Any]:
 
 
 async def lock_payment(session: AsyncSession, payment_id: str) -> Payment:
-    payment = (
-        await session.execute(
-            select(Payment)
-            .where(Payment.id == payment_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    payment = await lock_row(session, Payment, payment_id)
     if payment is None:
         raise NotFound("No such payment")
     return payment
@@ -349,28 +342,35 @@ async def transition(
         )
     if target == P.succeeded and outcome is not None and outcome.currency not in (None, payment.currency):
         raise PaymentMismatch(f"The provider captured {outcome.currency}, the payment is {payment.currency}")
-    now = clock.now()
-    payment.last_checked_at = now
-    if outcome is not None:
-        await _record_outcome(session, payment, outcome, target)
-    escrow = await session.get(Escrow, payment.escrow_id)
-    if target in (P.failed, P.cancelled, P.succeeded):
-        payment.next_action = None
-    if moving:
-        payment.status = target
-        payment.updated_at = now
-        attempt_row = await session.get(PaymentAttempt, current_key)
-        if attempt_row is not None and via != REFUND:
-            attempt_row.status = target
-        log.info(
-            "payment_transition", payment_id=payment.id, source=source.value, target=target.value, via=via
-        )
-    if payment.status in CAPTURED and outcome is not None and outcome.fee is not None and payment.fee is None:
-        await _book_fee(session, payment, outcome.fee)
-    if target == P.succeeded and source not in CAPTURED:
-        await _capture(session, settings, payment, outcome, now)
-    if moving and target in ANNOUNCED:
-        await emit_event(session, f"payment.{target.value}", payment.id, snapshot(payment, escrow))
+    # Autoflush off: the payment's changes below go out as one UPDATE, not one per query in between.
+    with session.no_autoflush:
+        now = clock.now()
+        payment.last_checked_at = now
+        if outcome is not None:
+            await _record_outcome(session, payment, outcome, target)
+        if target in (P.failed, P.cancelled, P.succeeded):
+            payment.next_action = None
+        if moving:
+            payment.status = target
+            payment.updated_at = now
+            attempt_row = await session.get(PaymentAttempt, current_key)
+            if attempt_row is not None and via != REFUND:
+                attempt_row.status = target
+            log.info(
+                "payment_transition", payment_id=payment.id, source=source.value, target=target.value, via=via
+            )
+        if (
+            payment.status in CAPTURED
+            and outcome is not None
+            and outcome.fee is not None
+            and payment.fee is None
+        ):
+            await _book_fee(session, payment, outcome.fee)
+        if target == P.succeeded and source not in CAPTURED:
+            await _capture(session, settings, payment, outcome, now)
+        if moving and target in ANNOUNCED:
+            escrow = await session.get(Escrow, payment.escrow_id)
+            await emit_event(session, f"payment.{target.value}", payment.id, snapshot(payment, escrow))
     return payment
 
 
@@ -526,8 +526,8 @@ class PaymentRequest:
 async def start_payment(database: Database, settings: Settings, payer: User, req: PaymentRequest) -> Payment:
     """Intent (committed), provider call (no transaction), result (new transaction): see the module doc."""
     async with database.transaction() as session:
-        payment, provider = await _record_intent(session, database, settings, payer, req)
-    return await _send_attempt(database, settings, provider, payment.id)
+        payment, provider, request = await _record_intent(session, database, settings, payer, req)
+    return await _send_attempt(database, settings, provider, payment.id, request)
 
 
 def _choose_provider(
@@ -550,7 +550,7 @@ def _choose_provider(
 
 async def _record_intent(
     session: AsyncSession, database: Database, settings: Settings, payer: User, req: PaymentRequest
-) -> tuple[Payment, PaymentProvider]:
+) -> tuple[Payment, PaymentProvider, CreatePayment]:
     escrow = await escrow_service.lock_escrow(session, req.escrow_id)
     if escrow.buyer_id != payer.id:
         raise NotFound("No such escrow")
@@ -614,7 +614,7 @@ async def _record_intent(
         amount=amount,
         currency=escrow.currency,
     )
-    return payment, provider
+    return payment, provider, _provider_request(payment, escrow, payer, card)
 
 
 def _check_payable(escrow: Escrow) -> None:
@@ -626,7 +626,7 @@ def _check_payable(escrow: Escrow) -> None:
         )
 
 
-async def _create_request(database: Database, payment_id: str) -> tuple[Payment, CreatePayment]:
+async def _create_request(database: Database, payment_id: str) -> CreatePayment:
     """The provider request for the payment's current attempt, rebuilt from what we stored (so a resend after
     an unknown outcome is byte-for-byte the same request with the same idempotency key)."""
     async with database.transaction() as session:
@@ -634,7 +634,11 @@ async def _create_request(database: Database, payment_id: str) -> tuple[Payment,
         escrow = await session.get_one(Escrow, payment.escrow_id)
         payer = await session.get_one(User, payment.payer_id)
         card = await session.get(SavedCard, payment.saved_card_id) if payment.saved_card_id else None
-    request = CreatePayment(
+    return _provider_request(payment, escrow, payer, card)
+
+
+def _provider_request(payment: Payment, escrow: Escrow, payer: User, card: SavedCard | None) -> CreatePayment:
+    return CreatePayment(
         payment_id=attempt_key(payment.id, payment.attempt),
         amount=payment.amount,
         currency=payment.currency,
@@ -646,14 +650,18 @@ async def _create_request(database: Database, payment_id: str) -> tuple[Payment,
         save_card=payment.save_card,
         metadata={"payment_id": payment.id, "escrow_id": escrow.id, "buyer_id": payer.id},
     )
-    return payment, request
 
 
 async def _send_attempt(
-    database: Database, settings: Settings, provider: PaymentProvider, payment_id: str
+    database: Database,
+    settings: Settings,
+    provider: PaymentProvider,
+    payment_id: str,
+    request: CreatePayment | None = None,
 ) -> Payment:
-    """Send (or resend, same key) the current attempt to the provider and record the answer."""
-    _, request = await _create_request(database, payment_id)
+    """Send (or resend, same key) the current attempt to the provider and record the answer. ``request`` is
+    the one the caller just built with the intent; otherwise it is rebuilt from what we stored."""
+    request = request or await _create_request(database, payment_id)
     try:
         outcome = Outcome.from_payment(await provider.create_payment(request))
     except ProviderUnavailable as exc:
@@ -1089,27 +1097,27 @@ async def _store_event(session: AsyncSession, provider: str, event: WebhookEvent
         if event.kind == "payment"
         else (event.refund_reference if event.kind == "refund" else event.payout_reference)
     )
-    inserted = (
-        await session.execute(
-            upsert(session, ProviderEvent)
-            .values(
-                provider=provider,
-                event_id=event.event_id[:200],
-                type=event.type[:100],
-                kind=event.kind,
-                status=event.status,
-                object_reference=reference,
-                outcome="received",
-                payload=_json_safe(event.raw),
-                received_at=clock.now(),
+    # One round trip: the insert hands back the stored row, or nothing when the event came before.
+    return (
+        await session.scalars(
+            select(ProviderEvent).from_statement(
+                upsert(session, ProviderEvent)
+                .values(
+                    provider=provider,
+                    event_id=event.event_id[:200],
+                    type=event.type[:100],
+                    kind=event.kind,
+                    status=event.status,
+                    object_reference=reference,
+                    outcome="received",
+                    payload=_json_safe(event.raw),
+                    received_at=clock.now(),
+                )
+                .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+                .returning(ProviderEvent)
             )
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(ProviderEvent.id)
         )
-    ).scalar()
-    if inserted is None:
-        return None
-    return await session.get_one(ProviderEvent, inserted)
+    ).one_or_none()
 
 
 async def _process_event(
@@ -1155,7 +1163,7 @@ async def _on_payment_event(
     ).scalar_one_or_none()
     if attempt is None:
         return "unmatched"
-    before = (await session.get_one(Payment, attempt.payment_id)).status
+    before = (await lock_payment(session, attempt.payment_id)).status
     payment = await transition(
         session,
         attempt.payment_id,

@@ -8,7 +8,16 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from emanet.core.db import Database
 from emanet.ledger import accounts
-from emanet.ledger.service import Leg, UnbalancedEntry, balance, credit, debit, post_entry, verify_ledger
+from emanet.ledger.service import (
+    Leg,
+    UnbalancedEntry,
+    account_ids,
+    balance,
+    credit,
+    debit,
+    post_entry,
+    verify_ledger,
+)
 from tests.invariants import assert_ledger_invariants
 
 CLEARING = accounts.provider_clearing("sandbox")
@@ -150,3 +159,32 @@ async def test_verify_command_exits_non_zero_after_tampering(database: Database,
     )
     assert tampered.returncode == 1
     assert "FAILED" in tampered.stdout and "provider:sandbox:clearing" in tampered.stdout
+
+
+async def test_accounts_created_by_two_transactions_at_once_are_one_set_of_rows(database: Database) -> None:
+    """The second creator waits on the unique index, finds nothing inserted and nothing in its snapshot,
+    and looks the accounts up afterwards: same ids, one balance row per shard."""
+    codes = [CLEARING, "escrow:esc_twice"]
+
+    async def create_in_own_transaction() -> dict[str, int]:
+        async with database.transaction() as session:
+            return await account_ids(session, codes, "USD")
+
+    async with database.transaction() as session:
+        first = await account_ids(session, codes, "USD")
+        second = asyncio.create_task(create_in_own_transaction())
+        await asyncio.sleep(0.5)
+        assert not second.done()  # blocked on the first transaction's new rows
+    assert await second == first
+    async with database.transaction() as session:
+        shards = dict(
+            (
+                await session.execute(
+                    text(
+                        "SELECT a.code, count(*) FROM ledger_balances b JOIN ledger_accounts a "
+                        "ON a.id = b.account_id WHERE a.currency = 'USD' GROUP BY a.code"
+                    )
+                )
+            ).all()
+        )
+    assert shards == {CLEARING: accounts.HOT_SHARDS, "escrow:esc_twice": 1}
