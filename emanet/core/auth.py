@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import threading
@@ -153,9 +154,10 @@ class VerifiedToken:
         return f"{self.method}:{self.claims['iss']}:{self.claims['sub']}"
 
 
-def _decode(
-    token: str, key: Any, *, algorithms: list[str], audience: str | None, issuer: str, leeway: int
+def _verify_signed(
+    token: str, key: Any, *, algorithms: list[str], audience: str | None, issuer: str
 ) -> dict[str, Any]:
+    """Signature, issuer, audience and claim types; the lifetime is checked by ``_decode``."""
     # PyJWT reads the wall clock; we check exp/nbf against our clock so tests can move time.
     claims: dict[str, Any] = jwt.decode(
         token,
@@ -174,12 +176,23 @@ def _decode(
     for name in ("exp", "nbf"):
         if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
             raise jwt.InvalidTokenError(f"'{name}' must be a number")
+    return claims
+
+
+@functools.lru_cache(maxsize=2048)
+def _verify_builtin(token: str, secret: str, audience: str | None, issuer: str) -> dict[str, Any]:
+    """The built-in issuer's check is deterministic, so a token is verified once and then remembered (a
+    failure is not); its lifetime is still checked on every use."""
+    return _verify_signed(token, secret, algorithms=["HS256"], audience=audience, issuer=issuer)
+
+
+def _check_lifetime(claims: dict[str, Any], leeway: int) -> dict[str, Any]:
     now = clock.now().timestamp()
     if claims["exp"] + leeway < now:
         raise jwt.ExpiredSignatureError("token expired")
     if "nbf" in claims and claims["nbf"] - leeway > now:
         raise jwt.ImmatureSignatureError("token not yet valid")
-    return claims
+    return dict(claims)
 
 
 async def verify_token(token: str, settings: Settings) -> VerifiedToken:
@@ -191,28 +204,20 @@ async def verify_token(token: str, settings: Settings) -> VerifiedToken:
     issuer = unverified.get("iss")
     try:
         if issuer == settings.jwt_issuer:
-            claims = _decode(
-                token,
-                settings.secret_key,
-                algorithms=["HS256"],
-                audience=settings.jwt_audience,
-                issuer=settings.jwt_issuer,
-                leeway=0,
-            )
-            return VerifiedToken(token, "jwt", claims)
+            claims = _verify_builtin(token, settings.secret_key, settings.jwt_audience, settings.jwt_issuer)
+            return VerifiedToken(token, "jwt", _check_lifetime(claims, leeway=0))
         if settings.oidc_jwks_url and settings.oidc_issuer and issuer == settings.oidc_issuer:
             key_set = jwks_registry.for_url(settings.oidc_jwks_url)
             kid = jwt.get_unverified_header(token).get("kid")
             signing_key = await anyio.to_thread.run_sync(key_set.signing_key, kid)
-            claims = _decode(
+            claims = _verify_signed(
                 token,
                 signing_key,
                 algorithms=OIDC_ALGORITHMS,
                 audience=settings.oidc_audience,
                 issuer=settings.oidc_issuer,
-                leeway=settings.oidc_leeway_seconds,
             )
-            return VerifiedToken(token, "oidc", claims)
+            return VerifiedToken(token, "oidc", _check_lifetime(claims, leeway=settings.oidc_leeway_seconds))
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("Token expired", code="token_expired") from exc
     except jwt.PyJWKClientConnectionError as exc:

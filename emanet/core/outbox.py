@@ -57,7 +57,7 @@ async def emit_event(
         event = Event(**values, created_at=now)
         session.add(event)
         await session.flush()
-        await enqueue(session, DISPATCH_EVENT_JOB, {"event_id": event.id})
+        await enqueue(session, DISPATCH_EVENT_JOB, {"event_id": event.id, "object_id": object_id})
         return EmittedEvent(event.id, event.public_id)
     event_row = insert(Event).values(**values, created_at=now).returning(Event.id).cte("event")
     payload = await session.scalar(
@@ -66,7 +66,7 @@ async def emit_event(
             ["kind", "payload", "status", "attempts", "max_attempts", "run_at", "created_at"],
             select(
                 literal(DISPATCH_EVENT_JOB),
-                func.json_build_object("event_id", event_row.c.id),
+                func.json_build_object("event_id", event_row.c.id, "object_id", literal(object_id)),
                 literal("pending"),
                 literal(0),
                 literal(DEFAULT_MAX_ATTEMPTS),

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
-from emanet.core.db import Database
+from emanet.core.db import Database, new_id, upsert
 from emanet.core.errors import NotFound
 from emanet.core.models import Event
 from emanet.core.outbox import enqueue
@@ -66,29 +66,38 @@ async def notify(
     dedupe_key: str,
     event_id: int | None = None,
 ) -> Notification | None:
-    """Create the in-app notification and queue its e-mail and SMS copies; None if ``dedupe_key`` exists."""
-    exists = (
-        await session.execute(select(Notification.id).where(Notification.dedupe_key == dedupe_key))
-    ).first()
-    if exists:
-        return None
+    """Create the in-app notification and queue its e-mail and SMS copies; None if ``dedupe_key`` exists
+    (one statement: the insert skips a duplicate and hands back the new row)."""
     locale = user.locale if user.locale in LOCALES else DEFAULT_LOCALE
     title, body = render_message(kind, data, locale)
     wants_sms = kind in SMS_KINDS and bool(user.phone) and user.phone_verified_at is not None
-    notification = Notification(
-        user_id=user.id,
-        kind=kind,
-        title=title[:300],
-        body=body,
-        data=dict(data),
-        event_id=event_id,
-        dedupe_key=dedupe_key,
-        locale=locale,
-        email_status=ChannelStatus.pending if user.email and settings.smtp_host else ChannelStatus.skipped,
-        sms_status=ChannelStatus.pending if wants_sms else ChannelStatus.skipped,
-    )
-    session.add(notification)
-    await session.flush()
+    notification: Notification | None = (
+        await session.scalars(
+            select(Notification).from_statement(
+                upsert(session, Notification)
+                .values(
+                    id=new_id("ntf"),
+                    user_id=user.id,
+                    kind=kind,
+                    title=title[:300],
+                    body=body,
+                    data=dict(data),
+                    event_id=event_id,
+                    dedupe_key=dedupe_key,
+                    locale=locale,
+                    email_status=(
+                        ChannelStatus.pending if user.email and settings.smtp_host else ChannelStatus.skipped
+                    ),
+                    sms_status=ChannelStatus.pending if wants_sms else ChannelStatus.skipped,
+                    created_at=clock.now(),
+                )
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                .returning(Notification)
+            )
+        )
+    ).one_or_none()
+    if notification is None:
+        return None
     if notification.email_status == ChannelStatus.pending:
         await enqueue(
             session, EMAIL_JOB, {"notification_id": notification.id}, max_attempts=EMAIL_MAX_ATTEMPTS

@@ -18,23 +18,27 @@ log = structlog.get_logger("emanet.notifications")
 
 @job(DISPATCH_EVENT_JOB)
 async def dispatch_event(ctx: JobContext) -> None:
-    """Payload ``{"event_id"}``: one delivery per subscribed endpoint, one notification per person, each
+    """Payload ``{"event_id", "object_id"}``: one delivery per subscribed endpoint, one notification per person, each
     followed by its own job. Dispatch jobs may run in any order on many workers, so this one first fans out
     any earlier event of the same object that is still waiting: an object's events always go out in order.
     Safe to run twice: an event is marked dispatched in the transaction that fans it out."""
     async with ctx.database.transaction() as session:
-        event = await session.get(Event, int(ctx.payload["event_id"]))
-        if event is None:
-            log.warning("event_missing", event_id=ctx.payload["event_id"])
-            return
-        await lock_name(session, f"dispatch:{event.object_id}")
+        event_id = int(ctx.payload["event_id"])
+        object_id = ctx.payload.get("object_id")  # absent from jobs queued before it was added
+        if object_id is None:
+            event = await session.get(Event, event_id)
+            if event is None:
+                log.warning("event_missing", event_id=event_id)
+                return
+            object_id = event.object_id
+        await lock_name(session, f"dispatch:{object_id}")
         waiting = (
             (
                 await session.execute(
                     select(Event)
                     .where(
-                        Event.object_id == event.object_id,
-                        Event.id <= event.id,
+                        Event.object_id == object_id,
+                        Event.id <= event_id,
                         ~exists().where(EventDispatch.event_id == Event.id),
                     )
                     .order_by(Event.id)

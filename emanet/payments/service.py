@@ -170,6 +170,7 @@ class Outcome:
             failure_code=event.failure_code,
             failure_message=event.failure_message,
             card=event.card,
+            fee=event.fee,
         )
 
     @classmethod

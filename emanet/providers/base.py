@@ -236,6 +236,7 @@ class WebhookEvent:
     failure_code: str | None = None
     failure_message: str | None = None
     card: CardDetails | None = None
+    fee: int | None = None  # provider fee in minor units, when the event says it (saves asking later)
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 

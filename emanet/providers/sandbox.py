@@ -746,6 +746,7 @@ def _parse_event(msg_id: str, event: dict[str, Any]) -> WebhookEvent:
             failure_code=data.get("failure_code"),
             failure_message=data.get("failure_message"),
             card=CardDetails(**card) if card else None,
+            fee=data.get("fee") if event_type == "payment.succeeded" else None,
         )
     if event_type == "refund.succeeded":
         return WebhookEvent(

@@ -8,9 +8,11 @@ from sqlalchemy import func, select
 
 from emanet.core.db import Database
 from emanet.core.models import Event
+from emanet.core.money import percentage_of
 from emanet.ledger import accounts
 from emanet.ledger.models import JournalEntry
 from emanet.payments.models import PaymentAttempt
+from emanet.providers.sandbox import FEE_BASIS_POINTS
 from emanet.users.models import User
 from tests.conftest import bearer
 from tests.factories import Factory
@@ -56,10 +58,15 @@ async def test_success_card_funds_the_escrow(live: Live, factory: Factory, datab
     assert funded["held"]["amount"] == total
     assert [(p["id"], p["status"]) for p in funded["payments"]] == [(payment["id"], "succeeded")]
     assert [line["reference"] for line in funded["ledger"]] == [f"payment:{payment['id']}:capture"]
-    clearing, held = await balances(
-        database, accounts.provider_clearing("sandbox"), accounts.escrow_account(escrow["id"])
+    # The sandbox's webhook says what it charged, so the fee is booked with the capture.
+    fee = percentage_of(total, FEE_BASIS_POINTS)
+    clearing, held, fees = await balances(
+        database,
+        accounts.provider_clearing("sandbox"),
+        accounts.escrow_account(escrow["id"]),
+        accounts.provider_fees("sandbox"),
     )
-    assert (clearing, held) == (total, total)
+    assert (clearing, held, fees) == (total - fee, total, fee)
     async with database.transaction() as session:
         events = (
             (await session.execute(select(Event.type).where(Event.object_id == payment["id"])))
