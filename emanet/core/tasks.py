@@ -4,14 +4,18 @@ A domain's ``tasks.py`` registers handlers with ``@job("kind")`` and sweeps with
 ``@periodic("kind", every=seconds)``. Handlers open their own short transactions through
 ``ctx.database`` (never holding one across a call to a provider) and must be safe to run twice:
 the worker guarantees at-least-once; the effects (ledger references, state machines, unique
-constraints) make it exactly-once.
+constraints) make it exactly-once. A handler whose work is one transaction opens it with
+``ctx.transaction()``: the job is then marked done in that same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core.db import Database
 from emanet.core.settings import Settings
@@ -27,6 +31,10 @@ TASK_MODULES = [
 ]
 
 
+class LeaseLost(Exception):
+    """Another worker holds this job now (this one's lease expired): its work must not take effect."""
+
+
 @dataclass
 class JobContext:
     database: Database
@@ -34,6 +42,20 @@ class JobContext:
     payload: dict[str, Any] = field(default_factory=dict)
     job_id: int | None = None
     attempt: int = 1
+    # Set by the worker: marks the job done inside a session; False when the lease was lost.
+    finish_in: Callable[[AsyncSession], Awaitable[bool]] | None = None
+    finished: bool = False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """The handler's unit of work with the job's completion in it: both commit or neither does (one
+        transaction less per job, and a worker that lost the lease changes nothing)."""
+        async with self.database.transaction() as session:
+            yield session
+            if self.finish_in is not None and not self.finished:
+                if not await self.finish_in(session):
+                    raise LeaseLost(f"job {self.job_id}")
+                self.finished = True
 
 
 JobHandler = Callable[[JobContext], Awaitable[None]]

@@ -38,7 +38,7 @@ from emanet.core.db import Database, upsert
 from emanet.core.logging import configure_logging
 from emanet.core.models import IdempotencyKey, Job
 from emanet.core.settings import Settings
-from emanet.core.tasks import HANDLERS, PERIODIC, JobContext, load_task_modules, periodic
+from emanet.core.tasks import HANDLERS, PERIODIC, JobContext, LeaseLost, load_task_modules, periodic
 
 log = structlog.get_logger("emanet.worker")
 
@@ -101,6 +101,10 @@ async def enqueue_once(
     )
     result = await session.execute(statement)
     return bool(getattr(result, "rowcount", 0))
+
+
+def _done() -> dict[str, Any]:
+    return {"status": DONE, "finished_at": clock.now(), "last_error": None}
 
 
 def _error_text(exc: BaseException) -> str:
@@ -190,21 +194,30 @@ class Worker:
             Job.id == job.id, Job.status == RUNNING, Job.locked_by == self.name, Job.attempts == job.attempt
         )
 
+    async def _settle_in(self, session: AsyncSession, job: ClaimedJob, **values: Any) -> bool:
+        result = await session.execute(
+            update(Job)
+            .where(self._mine(job))
+            .values(locked_by=None, locked_until=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     async def _settle(self, job: ClaimedJob, **values: Any) -> bool:
         async with self.database.transaction() as session:
-            result = await session.execute(
-                update(Job)
-                .where(self._mine(job))
-                .values(locked_by=None, locked_until=None, **values)
-                .execution_options(synchronize_session=False)
-            )
-        settled = bool(getattr(result, "rowcount", 0))
+            settled = await self._settle_in(session, job, **values)
         if not settled:
-            log.warning("job_lease_lost", job_id=job.id, kind=job.kind, attempt=job.attempt, worker=self.name)
+            self._lease_lost(job)
         return settled
 
-    async def _complete(self, job: ClaimedJob, seconds: float) -> None:
-        if await self._settle(job, status=DONE, finished_at=clock.now(), last_error=None):
+    def _lease_lost(self, job: ClaimedJob) -> None:
+        log.warning("job_lease_lost", job_id=job.id, kind=job.kind, attempt=job.attempt, worker=self.name)
+
+    async def _finish_in(self, session: AsyncSession, job: ClaimedJob) -> bool:
+        return await self._settle_in(session, job, **_done())
+
+    async def _complete(self, job: ClaimedJob, seconds: float, *, settled: bool = False) -> None:
+        if settled or await self._settle(job, **_done()):
             metrics.JOBS.labels(job.kind, "done").inc()
             log.info(
                 "job_done",
@@ -265,6 +278,7 @@ class Worker:
             payload=job.payload,
             job_id=job.id,
             attempt=job.attempt,
+            finish_in=lambda session: self._finish_in(session, job),
         )
         started = time.perf_counter()
         try:
@@ -273,13 +287,15 @@ class Worker:
         except asyncio.CancelledError:
             await self._release(job)
             raise
+        except LeaseLost:
+            self._lease_lost(job)  # rolled back: the worker holding the lease now does the work
         except RetryLater as exc:
             await self._fail(job, exc.reason[:MAX_ERROR_CHARS], delay=exc.delay)
         except Exception as exc:
             log.exception("job_failed", job_id=job.id, kind=job.kind, attempt=job.attempt)
             await self._fail(job, _error_text(exc))
         else:
-            await self._complete(job, time.perf_counter() - started)
+            await self._complete(job, time.perf_counter() - started, settled=context.finished)
 
     async def schedule_periodic(self) -> int:
         """Enqueue each periodic sweep once per time bucket (shared by all workers); returns how many new."""

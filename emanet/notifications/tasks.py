@@ -21,8 +21,9 @@ async def dispatch_event(ctx: JobContext) -> None:
     """Payload ``{"event_id", "object_id"}``: one delivery per subscribed endpoint, one notification per
     person, each followed by its own job. Dispatch jobs may run in any order on many workers, so this one
     first fans out any earlier event of the same object that is still waiting: an object's events always go
-    out in order. Safe to run twice: an event is marked dispatched in the transaction that fans it out."""
-    async with ctx.database.transaction() as session:
+    out in order. Safe to run twice: an event is marked dispatched in the transaction that fans it out (the
+    job is marked done in it too)."""
+    async with ctx.transaction() as session:
         event_id = int(ctx.payload["event_id"])
         object_id = ctx.payload.get("object_id")  # absent from jobs queued before it was added
         if object_id is None:

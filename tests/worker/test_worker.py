@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from emanet.core import clock as clock_module
 from emanet.core.db import Database
@@ -309,3 +309,41 @@ async def test_admins_see_dead_jobs_and_retry_them(
     assert (await _job(database, job_id)).status == "dead"  # it failed again, with a fresh set of attempts
     missing = await client.post("/api/v1/admin/jobs/999999/retry", headers=bearer(admin))
     assert missing.status_code == 404
+
+
+@job("test.worker.in_one_transaction")
+async def _in_one_transaction(ctx: JobContext) -> None:
+    if ctx.payload.get("steal"):
+        # Another worker takes the job over (this one's lease expired) while it runs.
+        async with ctx.database.transaction() as session:
+            await session.execute(update(Job).where(Job.id == ctx.job_id).values(locked_by="someone-else"))
+    async with ctx.transaction() as session:
+        await enqueue(session, "test.worker.record", {"effect_of": ctx.job_id})
+
+
+async def _effects(database: Database, job_id: int) -> list[Job]:
+    async with database.transaction() as session:
+        jobs = (await session.execute(select(Job).where(Job.kind == "test.worker.record"))).scalars().all()
+        return [j for j in jobs if j.payload.get("effect_of") == job_id]
+
+
+async def test_a_job_done_in_its_handlers_transaction_commits_with_its_effects(
+    database: Database, settings: Settings
+) -> None:
+    job_id = await _enqueue(database, "test.worker.in_one_transaction")
+    worker = Worker(database, settings, name="w1")
+    [claimed] = await worker.claim(1)
+    await worker.execute(claimed)
+    done = await _job(database, job_id)
+    assert (done.status, done.locked_by, done.finished_at) == ("done", None, clock_module.now())
+    assert len(await _effects(database, job_id)) == 1
+
+
+async def test_a_worker_that_lost_the_lease_leaves_no_effect(database: Database, settings: Settings) -> None:
+    job_id = await _enqueue(database, "test.worker.in_one_transaction", {"steal": True})
+    worker = Worker(database, settings, name="w1")
+    [claimed] = await worker.claim(1)
+    await worker.execute(claimed)
+    taken = await _job(database, job_id)
+    assert (taken.status, taken.locked_by) == ("running", "someone-else")
+    assert await _effects(database, job_id) == []
