@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import zlib
 
 import pytest
 from sqlalchemy import text
@@ -188,3 +191,68 @@ async def test_accounts_created_by_two_transactions_at_once_are_one_set_of_rows(
             ).all()
         )
     assert shards == {CLEARING: accounts.HOT_SHARDS, "escrow:esc_twice": 1}
+
+
+async def test_a_transaction_touches_one_shard_of_each_hot_account(database: Database) -> None:
+    """A capture and its fee in one transaction: both entries use the same clearing shard, so two such
+    transactions can never each hold a shard row the other waits for."""
+    fees = accounts.provider_fees("sandbox")
+    async with database.transaction() as session:
+        await post_entry(
+            session, "payment:p1:capture", "TRY", [debit(CLEARING, 1_000), credit("escrow:esc_s", 1_000)]
+        )
+        await post_entry(session, "payment:p1:fee", "TRY", [debit(fees, 29), credit(CLEARING, 29)])
+    async with database.transaction() as session:
+        touched = (
+            await session.execute(
+                text(
+                    "SELECT a.code, b.shard FROM ledger_balances b "
+                    "JOIN ledger_accounts a ON a.id = b.account_id WHERE b.balance <> 0 ORDER BY a.code"
+                )
+            )
+        ).all()
+    clearing_shards = {shard for code, shard in touched if code == CLEARING}
+    fee_shards = {shard for code, shard in touched if code == fees}
+    assert len(clearing_shards) == 1 and clearing_shards == fee_shards
+
+
+def _crossed_pair() -> tuple[int, int]:
+    """Two payments whose capture and fee references would pick each other's clearing shard, were shards
+    picked per entry (crc32 of the reference): the adversarial case for the test below."""
+
+    def shard(reference: str) -> int:
+        return zlib.crc32(reference.encode()) % accounts.HOT_SHARDS
+
+    for a, b in itertools.combinations(range(500), 2):
+        cap_a, fee_a = shard(f"payment:c{a}:capture"), shard(f"payment:c{a}:fee")
+        cap_b, fee_b = shard(f"payment:c{b}:capture"), shard(f"payment:c{b}:fee")
+        if cap_a != cap_b and fee_a == cap_b and fee_b == cap_a:
+            return a, b
+    raise AssertionError("no crossed pair")
+
+
+async def test_concurrent_captures_with_fees_do_not_deadlock(database: Database) -> None:
+    """Both transactions post their capture, wait until the other has, then post their fee: with a shard
+    per entry each would hold the clearing row the other's fee needs (PostgreSQL reports a deadlock)."""
+    fees = accounts.provider_fees("sandbox")
+    async with database.transaction() as session:  # the accounts exist before (creating them serializes)
+        await account_ids(session, [CLEARING, fees], "TRY")
+    both_captured = asyncio.Barrier(2)
+
+    async def capture_and_fee(n: int) -> None:
+        async with database.transaction() as session:
+            await post_entry(
+                session,
+                f"payment:c{n}:capture",
+                "TRY",
+                [debit(CLEARING, 1_000), credit(f"escrow:esc_c{n}", 1_000)],
+            )
+            with contextlib.suppress(TimeoutError):  # the other may be waiting on this one's row: go on
+                await asyncio.wait_for(both_captured.wait(), timeout=1)
+            await post_entry(session, f"payment:c{n}:fee", "TRY", [debit(fees, 29), credit(CLEARING, 29)])
+
+    await asyncio.gather(*(capture_and_fee(n) for n in _crossed_pair()))
+    async with database.transaction() as session:
+        assert await balance(session, CLEARING, "TRY") == 2 * (1_000 - 29)
+        assert await balance(session, fees, "TRY") == 2 * 29
+    await assert_ledger_invariants(database)
