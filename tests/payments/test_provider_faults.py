@@ -34,7 +34,7 @@ def settings_overrides(settings_overrides: dict[str, Any], stripe_fake: StripeFa
         **settings_overrides,
         "stripe_api_key": API_KEY,
         "stripe_api_base": stripe_fake.url,
-        "provider_timeout_seconds": 0.4,
+        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
     }
 
 

@@ -232,7 +232,7 @@ def settings_overrides(fake: PaypalFake, ca_bundle: Path) -> dict[str, Any]:
         "paypal_cert_url_prefixes": [f"{fake.url}/certs/"],
         "paypal_cert_ca_bundle": str(ca_bundle),
         "paypal_cert_issuer_url_prefixes": [f"{fake.url}/issuers/"],
-        "provider_timeout_seconds": 0.4,
+        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.05,
     }

@@ -41,7 +41,7 @@ def settings_overrides(fake: PaystackFake) -> dict[str, Any]:
     return {
         "paystack_secret_key": SECRET,
         "paystack_api_base": fake.url,
-        "provider_timeout_seconds": 0.4,
+        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.05,
     }

@@ -48,7 +48,7 @@ def settings_overrides(fake: RazorpayFake) -> dict[str, Any]:
         "razorpay_webhook_secret": WEBHOOK_SECRET,
         "razorpay_api_base": fake.url,
         "razorpay_account_number": ACCOUNT,
-        "provider_timeout_seconds": 0.4,
+        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.05,
     }
