@@ -1,8 +1,9 @@
-"""The ledger alone, no HTTP: transfers between wallets through ``emanet.ledger.service.post_entry``.
+"""The ledger alone, no HTTP: transfers between wallets through ``emanet.ledger.service``.
 
 Each transfer is one balanced entry of two postings (debit the payer's ``user:…:available``, credit the
 payee's), with its balance rows updated and the non-negative CHECK enforced, exactly as a release does.
-``single``: one entry per commit. ``batch``: ``batch_size`` entries per commit. Every connection moves
+``single``: one entry per commit (``post_entry``). ``batch``: ``batch_size`` entries per commit, posted
+with ``post_entries`` (one statement for the batch). Every connection moves
 money among its own slice of the accounts, so no transfer waits for another connection's row lock and the
 figure is the ledger's own cost (pgbench's accounts are spread the same way).
 
@@ -25,7 +26,7 @@ from sqlalchemy import text
 from emanet.core.db import Database
 from emanet.core.settings import Settings
 from emanet.ledger import accounts
-from emanet.ledger.service import credit, debit, post_entry
+from emanet.ledger.service import EntryDraft, credit, debit, post_entries, post_entry
 
 FUNDING = 10**12  # minor units in every wallet: no transfer can overdraw one
 CURRENCY = "TRY"
@@ -76,16 +77,26 @@ async def _connection_loop(
     sequence = 0
     per_commit = batch_size if mode == "batch" else 1
     while time.perf_counter() < deadline:
-        async with database.transaction() as session:
-            for _ in range(per_commit):
-                payer, payee = order.sample(wallets, 2)
-                sequence += 1
-                await post_entry(
-                    session,
+        drafts = []
+        for _ in range(per_commit):
+            payer, payee = order.sample(wallets, 2)
+            sequence += 1
+            amount = 100 + sequence % 900
+            drafts.append(
+                EntryDraft(
                     f"{prefix}:{sequence}",
                     CURRENCY,
-                    [debit(wallet(payer), 100 + sequence % 900), credit(wallet(payee), 100 + sequence % 900)],
+                    [debit(wallet(payer), amount), credit(wallet(payee), amount)],
                     description="bench transfer",
+                )
+            )
+        async with database.transaction() as session:
+            if mode == "batch":
+                await post_entries(session, drafts)
+            else:
+                [draft] = drafts
+                await post_entry(
+                    session, draft.reference, draft.currency, draft.legs, description=draft.description
                 )
         finished = time.perf_counter()
         if measure_from <= finished <= deadline:

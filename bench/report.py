@@ -532,15 +532,20 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
     if ledger:
         rows = []
         for label, source in (
-            ("Emanet `post_entry`", ledger),
+            ("Emanet", ledger),
             (f"django-hordak {hordak.get('version', '')}", hordak),
         ):
             for mode in ("single", "batch"):
                 run = source.get(mode)
                 if run:
+                    call = (
+                        {"single": "`post_entry`", "batch": "`post_entries`"}[mode]
+                        if source is ledger
+                        else ""
+                    )
                     rows.append(
                         [
-                            label,
+                            f"{label} {call}".strip(),
                             "one per commit"
                             if mode == "single"
                             else f"{plan.get('ledger_batch_size')} per commit",
@@ -556,10 +561,14 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             f"{plan.get('ledger_accounts')} wallets, transfers of 1.00–9.99 between two random wallets of a "
             f"connection's own slice; {plan.get('ledger_connections')} connections over "
             f"{plan.get('ledger_processes')} processes (pgbench's 8 clients), {plan.get('ledger_seconds')} s each. "
-            "Emanet: `emanet.ledger.service.post_entry` — one balanced entry with two postings, both balance "
-            "rows updated under the non-negative CHECK, the deferred balance trigger at commit. django-hordak: "
-            "`Account.transfer_to` (one Transaction, two Legs, its PostgreSQL triggers), installed by the "
-            "bench into `bench/.hordak-venv` and run against its own fresh database on the same server.",
+            "Emanet single: `emanet.ledger.service.post_entry` — one balanced entry with two postings, both "
+            "balance rows updated under the non-negative CHECK, the deferred balance trigger at commit, one "
+            "commit each. Emanet batch: `post_entries` — the same entries and checks, the whole batch in one "
+            "statement and one commit (the ledger's bulk API, for settlements and batch payouts). "
+            "django-hordak: `Account.transfer_to` (one Transaction, two Legs, its PostgreSQL triggers), one "
+            "commit each, or a batch of them in one database transaction (it has no bulk transfer call), "
+            "installed by the bench into `bench/.hordak-venv` and run against its own fresh database on the "
+            "same server.",
             "",
             table(
                 ["ledger", "entries per commit", "transfers/s", "postings/s", "client CPU s", "errors"], rows

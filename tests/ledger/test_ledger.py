@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import itertools
 import zlib
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -12,12 +13,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from emanet.core.db import Database
 from emanet.ledger import accounts
 from emanet.ledger.service import (
+    EntryDraft,
     Leg,
     UnbalancedEntry,
     account_ids,
     balance,
     credit,
     debit,
+    post_entries,
     post_entry,
     verify_ledger,
 )
@@ -256,3 +259,61 @@ async def test_concurrent_captures_with_fees_do_not_deadlock(database: Database)
         assert await balance(session, CLEARING, "TRY") == 2 * (1_000 - 29)
         assert await balance(session, fees, "TRY") == 2 * 29
     await assert_ledger_invariants(database)
+
+
+async def test_a_batch_posts_every_entry_once_in_one_statement(
+    database: Database, count_queries: Any
+) -> None:
+    fees = accounts.provider_fees("sandbox")
+    drafts = [
+        EntryDraft(f"batch:{n}", "TRY", [debit(CLEARING, 1_000 + n), credit(f"escrow:esc_b{n}", 1_000 + n)])
+        for n in range(50)
+    ] + [EntryDraft("batch:fee", "TRY", [debit(fees, 29), credit(CLEARING, 29)])]
+    async with database.transaction() as session:
+        await account_ids(session, [CLEARING, fees], "TRY")
+    async with database.transaction() as session:
+        with count_queries() as queries:
+            posted = await post_entries(session, drafts)
+    # One account lookup, one account creation for the 50 new escrow accounts, one statement for the batch.
+    assert queries.count == 3
+    assert [p.reference for p in posted] == [d.reference for d in drafts]
+    assert all(p.created for p in posted)
+    async with database.transaction() as session:
+        again = await post_entries(session, [*drafts[:3], EntryDraft("batch:new", "TRY", drafts[0].legs)])
+        assert [p.created for p in again] == [False, False, False, True]
+        assert [p.id for p in again[:3]] == [p.id for p in posted[:3]]
+        assert await balance(session, CLEARING, "TRY") == sum(1_000 + n for n in range(50)) + 1_000 - 29
+        assert await balance(session, "escrow:esc_b0", "TRY") == 2_000  # batch:0 and batch:new
+        assert await balance(session, fees, "TRY") == 29
+    await assert_ledger_invariants(database)
+
+
+async def test_a_batch_is_refused_whole_when_one_entry_is_wrong(database: Database) -> None:
+    with pytest.raises(UnbalancedEntry):
+        async with database.transaction() as session:
+            await post_entries(
+                session,
+                [
+                    EntryDraft("ok:1", "TRY", [debit(CLEARING, 5), credit("escrow:esc_w", 5)]),
+                    EntryDraft("bad:1", "TRY", [debit(CLEARING, 5), credit("escrow:esc_w", 4)]),
+                ],
+            )
+    with pytest.raises(ValueError, match="same reference"):
+        async with database.transaction() as session:
+            legs = [debit(CLEARING, 5), credit("escrow:esc_w", 5)]
+            await post_entries(session, [EntryDraft("twice", "TRY", legs), EntryDraft("twice", "TRY", legs)])
+    async with database.transaction() as session:
+        assert await balance(session, "escrow:esc_w", "TRY") == 0
+
+
+async def test_a_batch_cannot_overdraw_a_wallet(database: Database) -> None:
+    wallet = accounts.user_available("usr_batch")
+    with pytest.raises(IntegrityError):
+        async with database.transaction() as session:
+            await post_entries(
+                session,
+                [
+                    EntryDraft("in", "TRY", [debit(CLEARING, 100), credit(wallet, 100)]),
+                    EntryDraft("out", "TRY", [debit(wallet, 150), credit(CLEARING, 150)]),
+                ],
+            )
