@@ -285,6 +285,7 @@ class MoyasarProvider(PaymentProvider):
             failure_code=payment.failure_code,
             failure_message=payment.failure_message,
             card=payment.card,
+            fee=payment.fee if status == "succeeded" else None,
             raw=safe,
         )
 

@@ -440,6 +440,7 @@ def _event(event: Mapping[str, Any], body: bytes) -> WebhookEvent:
             status=payment.status,
             payment_reference=payment.reference,
             card=payment.card,
+            fee=payment.fee,
         )
     if event_type in _REFUND_EVENTS:
         # Paystack's refund events name the transaction (and amount) but not always the refund id.

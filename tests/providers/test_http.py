@@ -30,7 +30,7 @@ def api() -> Iterator[FakeApi]:
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {
-        "provider_timeout_seconds": 0.3,
+        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
         "provider_max_attempts": 4,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,

@@ -217,6 +217,7 @@ async def test_webhook_with_the_right_secret_token(provider, fake) -> None:
     )
     assert event.payment_reference == created.reference  # the invoice, which is what we stored
     assert event.amount == 25_075
+    assert event.fee == paid["fee"] and paid["fee"] > 0  # booked with the capture, no status query needed
     assert "secret_token" not in event.raw
 
 

@@ -235,6 +235,7 @@ async def test_webhooks(provider: PaystackProvider) -> None:
         "pay_1",
         10_000,
     )
+    assert parsed.fee == 150  # booked with the capture, no status query needed
 
     refund = json.dumps(
         {
