@@ -18,7 +18,7 @@ from tests.fakes.server import FakeApi, Recorded
 @pytest.fixture
 def api() -> Iterator[FakeApi]:
     server = FakeApi()
-    server.hang_seconds = 0.6
+    server.hang_seconds = 1.5
     server.route("POST", "/charges", lambda r: (201, {"id": "ch_1"}))
     server.route("GET", "/charges/(?P<charge>[^/]+)", lambda r, charge: (200, {"id": charge}))
     server.route("POST", "/bad", lambda r: (422, {"error": "nope"}))
