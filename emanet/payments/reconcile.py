@@ -236,18 +236,7 @@ def compare(
     provider_side = theirs_before + theirs_day
     for ours in ours_day:
         if not any(_match(record, [ours]) for record in provider_side):
-            items.append(
-                Item(
-                    "extra",
-                    ours.kind,
-                    ours.reference,
-                    ours.currency,
-                    our_amount=ours.amount,
-                    our_fee=ours.fee,
-                    our_id=ours.our_id,
-                    occurred_at=ours.occurred_at.isoformat(),
-                )
-            )
+            items.append(_about_ours("extra", ours))
     return items, matched
 
 
@@ -258,54 +247,41 @@ def lists_settlements(provider_class: type[PaymentProvider]) -> bool:
 
 def compare_payment(ours: OurRecord, theirs: ProviderPayment) -> Item | None:
     """Our captured payment against the provider's current view of it; ``None`` when they agree."""
-    occurred_at = ours.occurred_at.isoformat()
     if theirs.status not in PROVIDER_CAPTURED:
-        return Item(
-            "extra",
-            ours.kind,
-            ours.reference,
-            ours.currency,
-            provider_amount=theirs.amount,
-            our_amount=ours.amount,
-            our_fee=ours.fee,
-            our_id=ours.our_id,
-            occurred_at=occurred_at,
-            provider_status=theirs.status,
-        )
+        return _about_ours("extra", ours, provider_amount=theirs.amount, provider_status=theirs.status)
     if theirs.amount is None or theirs.currency is None:
         return _unverified(
             ours, "incomplete_answer", "The provider reported the payment captured without its amount"
         )
     fee_differs = ours.fee is not None and theirs.fee is not None and ours.fee != theirs.fee
     if theirs.amount != ours.amount or theirs.currency != ours.currency or fee_differs:
-        return Item(
+        return _about_ours(
             "mismatched",
-            ours.kind,
-            ours.reference,
-            theirs.currency,
+            ours,
+            currency=theirs.currency,
             provider_amount=theirs.amount,
-            our_amount=ours.amount,
             provider_fee=theirs.fee,
-            our_fee=ours.fee,
-            our_id=ours.our_id,
-            occurred_at=occurred_at,
             provider_status=theirs.status,
         )
     return None
 
 
 def _unverified(ours: OurRecord, code: str, detail: str) -> Item:
+    return _about_ours("unverified", ours, error_code=code, error_detail=detail)
+
+
+def _about_ours(issue: str, ours: OurRecord, *, currency: str | None = None, **provider_side: Any) -> Item:
+    """An item about one of our records, with what the provider said (if anything) in ``provider_side``."""
     return Item(
-        "unverified",
+        issue,
         ours.kind,
         ours.reference,
-        ours.currency,
+        currency or ours.currency,
         our_amount=ours.amount,
         our_fee=ours.fee,
         our_id=ours.our_id,
         occurred_at=ours.occurred_at.isoformat(),
-        error_code=code,
-        error_detail=detail,
+        **provider_side,
     )
 
 
