@@ -448,6 +448,10 @@ def _event(event_id: str, event: Mapping[str, Any]) -> WebhookEvent:
             card=_card(payment),
             failure_code=payment.get("error_reason") or payment.get("error_code"),
             failure_message=payment.get("error_description"),
+            # The captured payment states Razorpay's fee (tax included), as the status query does.
+            fee=int(payment["fee"])
+            if _PAYMENT_EVENTS[event_type] == "succeeded" and payment.get("fee") is not None
+            else None,
         )
     if event_type in _REFUND_EVENTS:
         refund = _entity(event, "refund")

@@ -255,6 +255,8 @@ PAYMENT = {
     "status": "captured",
     "order_id": "order_1",
     "card": {"last4": "1111", "network": "Visa"},
+    "fee": 118,  # Razorpay's fee, tax included (the payment entity's documented field)
+    "tax": 18,
 }
 
 
@@ -273,6 +275,7 @@ async def test_webhook_signatures(provider: RazorpayProvider) -> None:
         "order_1",
     )
     assert parsed.card is not None and parsed.card.last4 == "1111"
+    assert parsed.fee == 118  # booked with the capture, no status query needed
 
     failed = event(
         "payment.failed",
@@ -285,7 +288,7 @@ async def test_webhook_signatures(provider: RazorpayProvider) -> None:
         },
     )
     parsed = await provider.parse_webhook(signed(failed, event_id=None), failed)
-    assert (parsed.status, parsed.failure_code) == ("failed", "payment_declined")
+    assert (parsed.status, parsed.failure_code, parsed.fee) == ("failed", "payment_declined", None)
     assert parsed.event_id == hashlib.sha256(failed).hexdigest()  # stable without the header
 
     refund = event(
