@@ -157,7 +157,7 @@ class VerifiedToken:
 def _verify_signed(
     token: str, key: Any, *, algorithms: list[str], audience: str | None, issuer: str
 ) -> dict[str, Any]:
-    """Signature, issuer, audience and claim types; the lifetime is checked by ``_decode``."""
+    """Signature, issuer, audience and claim types; the lifetime is checked by ``_check_lifetime``."""
     # PyJWT reads the wall clock; we check exp/nbf against our clock so tests can move time.
     claims: dict[str, Any] = jwt.decode(
         token,

@@ -139,7 +139,11 @@ async def lock_row(session: AsyncSession, model: type[ModelT], key: Any) -> Mode
     locked: ModelT | None = _locked_rows(session).get((model, key))
     if locked is not None:
         return locked
-    primary_key = model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
+    mapper = model.__mapper__  # type: ignore[attr-defined]
+    loaded = session.sync_session.identity_map.get(mapper.identity_key_from_primary_key([key]))
+    if loaded is not None and loaded in session.dirty:
+        await session.flush([loaded])  # the refresh below would discard its unsaved changes (no_autoflush)
+    primary_key = mapper.primary_key[0]
     row: ModelT | None = (
         await session.execute(
             select(model)
