@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -116,20 +116,27 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 
 ModelT = TypeVar("ModelT")
-_LOCKS = "emanet.locked_rows"
+StateT = TypeVar("StateT")
+
+
+def transaction_state(
+    session: AsyncSession, key: str, make: Callable[[], StateT], *, per_savepoint: bool = False
+) -> StateT:
+    """State that lives as long as the session's current transaction (or savepoint, when
+    ``per_savepoint``: what a rolled-back savepoint did, such as taking row locks, is undone with it);
+    the next transaction starts from ``make()``."""
+    transaction = (session.get_nested_transaction() if per_savepoint else None) or session.get_transaction()
+    held: tuple[Any, StateT] | None = session.info.get(key)
+    if held is None or transaction is None or held[0] is not transaction:
+        held = (transaction, make())
+        session.info[key] = held
+    return held[1]
 
 
 def _locked_rows(session: AsyncSession) -> dict[tuple[type[Any], Any], Any]:
-    """The rows the session's current (sub)transaction has locked, held strongly (the identity map would
-    let go of an unmodified object); a new (sub)transaction starts anew."""
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    if transaction is None:
-        return {}
-    held: tuple[Any, dict[tuple[type[Any], Any], Any]] | None = session.info.get(_LOCKS)
-    if held is None or held[0] is not transaction:
-        held = (transaction, {})
-        session.info[_LOCKS] = held
-    return held[1]
+    """The rows this (sub)transaction has locked, held strongly (the identity map would let go of an
+    unmodified object)."""
+    return transaction_state(session, "emanet.locked_rows", dict, per_savepoint=True)
 
 
 async def lock_row(session: AsyncSession, model: type[ModelT], key: Any) -> ModelT | None:

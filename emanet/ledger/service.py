@@ -17,7 +17,7 @@ from sqlalchemy import Boolean, Integer, String, column, func, insert, literal, 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
-from emanet.core.db import upsert
+from emanet.core.db import transaction_state, upsert
 from emanet.core.money import check_currency
 from emanet.ledger import accounts
 from emanet.ledger.fx import reporting_conversion
@@ -62,20 +62,14 @@ def _validated(legs: Sequence[Leg]) -> list[Leg]:
     return kept
 
 
-_HOT_SHARD = "emanet.ledger.hot_shard"
-
-
 def _hot_shard(session: AsyncSession, reference: str) -> int:
     """The balance shard of every hot account a transaction touches: picked by its first entry's reference
     and kept for the rest of the transaction. Were it picked per entry, a transaction posting two entries
     (a capture and its fee) would lock two rows of one account, and two such transactions could each hold
     the row the other waits for (a deadlock, seen in the benchmark at 32 clients)."""
-    transaction = session.get_transaction()
-    held: tuple[Any, int] | None = session.info.get(_HOT_SHARD)
-    if held is None or held[0] is not transaction:
-        held = (transaction, zlib.crc32(reference.encode()) % accounts.HOT_SHARDS)
-        session.info[_HOT_SHARD] = held
-    return held[1]
+    return transaction_state(
+        session, "emanet.ledger.hot_shard", lambda: zlib.crc32(reference.encode()) % accounts.HOT_SHARDS
+    )
 
 
 async def account_ids(session: AsyncSession, codes: Iterable[str], currency: str) -> dict[str, int]:
@@ -270,13 +264,10 @@ async def post_entries(session: AsyncSession, drafts: Sequence[EntryDraft]) -> l
             )
             for d in drafts
         ]
-    kept_legs = {}
+    kept_legs = {draft.reference: _validated(draft.legs) for draft in drafts}
     ids: dict[tuple[str, str], int] = {}
     for currency in sorted({d.currency for d in drafts}):
         check_currency(currency)
-    for draft in drafts:
-        kept_legs[draft.reference] = _validated(draft.legs)
-    for currency in sorted({d.currency for d in drafts}):
         codes = {leg.account for d in drafts if d.currency == currency for leg in kept_legs[d.reference]}
         found = await account_ids(session, codes, currency)
         ids.update({(code, currency): account_id for code, account_id in found.items()})
