@@ -49,7 +49,9 @@ def _first_words(statements: list[str]) -> dict[str, int]:
     for statement in statements:
         words = statement.replace("(", " ").split()
         if words[0].upper() == "WITH":  # a CTE statement counts as its first data-changing part
-            words = words[next(i for i, w in enumerate(words) if w.upper() in _VERBS) :]
+            upper = [w.upper() for w in words]
+            changing = [i for i, w in enumerate(upper) if w in _VERBS - {"SELECT"}]
+            words = words[changing[0] if changing else upper.index("SELECT") :]
         verb = words[0].upper()
         table = next(
             (

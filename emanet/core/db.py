@@ -124,7 +124,8 @@ def transaction_state(
 ) -> StateT:
     """State that lives as long as the session's current transaction (or savepoint, when
     ``per_savepoint``: what a rolled-back savepoint did, such as taking row locks, is undone with it);
-    the next transaction starts from ``make()``."""
+    the next transaction starts from ``make()``. Call it once the transaction has begun (after a statement
+    or ``await session.connection()``): before that there is no transaction to keep the state for."""
     transaction = (session.get_nested_transaction() if per_savepoint else None) or session.get_transaction()
     held: tuple[Any, StateT] | None = session.info.get(key)
     if held is None or transaction is None or held[0] is not transaction:

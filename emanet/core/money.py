@@ -35,11 +35,9 @@ def check_currency(currency: str) -> str:
 
 def round_half_up(value: Fraction) -> int:
     """Half-up (away from zero for .5) rounding of an exact fraction to an integer."""
-    sign = -1 if value < 0 else 1
-    magnitude = abs(value)
-    floor = magnitude.numerator // magnitude.denominator
-    remainder = magnitude - floor
-    return sign * (floor + (1 if remainder >= Fraction(1, 2) else 0))
+    whole, remainder = divmod(abs(value.numerator), value.denominator)
+    rounded = whole + (1 if 2 * remainder >= value.denominator else 0)
+    return -rounded if value.numerator < 0 else rounded
 
 
 def percentage_of(amount: int, basis_points: int) -> int:

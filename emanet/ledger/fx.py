@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any, Protocol
 
 from emanet.core import clock
@@ -31,13 +32,17 @@ class RateProvider(Protocol):
     async def rate(self, base: str, quote: str) -> Rate | None: ...
 
 
+@lru_cache(maxsize=16)
+def _settings_table(rates: tuple[tuple[str, str], ...], reporting: str) -> dict[str, Decimal]:
+    return {**{k: Decimal(v) for k, v in rates}, reporting: Decimal(1)}
+
+
 class SettingsRateProvider:
     """Fixed rates from settings: {"TRY": "0.029", …} in units of the reporting currency."""
 
     async def rate(self, base: str, quote: str) -> Rate | None:
         settings = get_settings()
-        table = {k: Decimal(v) for k, v in settings.fx_rates.items()}
-        table[settings.reporting_currency] = Decimal(1)
+        table = _settings_table(tuple(settings.fx_rates.items()), settings.reporting_currency)
         if base not in table or quote not in table:
             return None
         return Rate(base, quote, table[base] / table[quote], "settings", clock.now())
@@ -53,12 +58,12 @@ def use_rate_provider(provider: RateProvider) -> None:
 
 def convert_minor(amount: int, base: str, quote: str, rate: Decimal) -> int:
     """Convert minor units of ``base`` into minor units of ``quote`` (half-up)."""
-    exact = (
-        Fraction(amount)
-        * Fraction(rate)
-        * Fraction(10 ** currency_exponent(quote), 10 ** currency_exponent(base))
-    )
-    return round_half_up(exact)
+    return round_half_up(amount * _minor_factor(base, quote, rate))
+
+
+@lru_cache(maxsize=256)
+def _minor_factor(base: str, quote: str, rate: Decimal) -> Fraction:
+    return Fraction(rate) * Fraction(10 ** currency_exponent(quote), 10 ** currency_exponent(base))
 
 
 async def convert(amount: int, base: str, quote: str) -> dict[str, Any] | None:

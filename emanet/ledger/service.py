@@ -167,36 +167,15 @@ async def post_entry(
     kept = _validated(legs)
     volume = _volume(kept)
     fx = await reporting_conversion(currency, volume)
-    ids = await account_ids(session, {leg.account for leg in kept}, currency)
-    deltas: dict[tuple[int, int], int] = defaultdict(int)
-    for leg in kept:
-        key = (ids[leg.account], _hot_shard(session, reference) if accounts.is_hot(leg.account) else 0)
-        deltas[key] += leg.amount * accounts.normal_sign(accounts.kind_of(leg.account))
-    ordered = sorted(deltas.items())  # a fixed order of balance-row locks: no deadlocks
     if session.get_bind().dialect.name == "postgresql":
-        entry_id, updated = (
-            await session.execute(
-                _PG_POST_ENTRY,
-                {
-                    "reference": reference,
-                    "currency": currency,
-                    "amount": volume,
-                    "description": description[:300],
-                    "escrow_id": escrow_id,
-                    "metadata": orjson.dumps(metadata or {}).decode(),
-                    "fx": orjson.dumps(fx).decode(),
-                    "created_at": clock.now(),
-                    "leg_accounts": [ids[leg.account] for leg in kept],
-                    "leg_amounts": [leg.amount for leg in kept],
-                    "balance_accounts": [a for (a, _), _ in ordered],
-                    "balance_shards": [sh for (_, sh), _ in ordered],
-                    "balance_deltas": [d for _, d in ordered],
-                },
-            )
-        ).one()
-        if entry_id is not None and updated != len(ordered):
-            raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
+        entry_id = await _pg_post_entry(
+            session, reference, currency, kept, volume, description, metadata, escrow_id, fx
+        )
     else:
+        ids = await account_ids(session, {leg.account for leg in kept}, currency)
+        deltas: dict[tuple[int, int], int] = defaultdict(int)
+        for leg in kept:
+            deltas[(ids[leg.account], _shard_of(session, reference, leg.account))] += _balance_delta(leg)
         entry_id = (
             await session.execute(
                 upsert(session, JournalEntry)
@@ -221,13 +200,67 @@ async def post_entry(
                     for leg in kept
                 ],
             )
-            await _apply_balance_deltas(session, ordered)
+            await _apply_balance_deltas(session, sorted(deltas.items()))
     if entry_id is None:  # posted before (a retry, a duplicate webhook, a concurrent worker): no effect
         existing = (
             await session.execute(select(JournalEntry.id).where(JournalEntry.reference == reference))
         ).scalar_one()
         return PostedEntry(existing, reference, created=False)
     return PostedEntry(entry_id, reference, created=True)
+
+
+def _shard_of(session: AsyncSession, reference: str, account: str) -> int:
+    return _hot_shard(session, reference) if accounts.is_hot(account) else 0
+
+
+def _balance_delta(leg: Leg) -> int:
+    """What the leg adds to its account's balance: debits raise asset balances and lower the others."""
+    return leg.amount * accounts.normal_sign(accounts.kind_of(leg.account))
+
+
+async def _pg_post_entry(
+    session: AsyncSession,
+    reference: str,
+    currency: str,
+    kept: list[Leg],
+    volume: int,
+    description: str,
+    metadata: dict[str, Any] | None,
+    escrow_id: str | None,
+    fx: dict[str, Any] | None,
+) -> int | None:
+    """One statement: the accounts looked up by code, the entry, its postings and the balance updates. Only
+    an account used for the first time costs a second round trip (create it, then post)."""
+    connection = await session.connection()  # begins the transaction the hot shard is kept for
+    deltas: dict[tuple[str, int], int] = defaultdict(int)
+    for leg in kept:
+        deltas[(leg.account, _shard_of(session, reference, leg.account))] += _balance_delta(leg)
+    codes = sorted({leg.account for leg in kept})
+    params = {
+        "reference": reference,
+        "currency": currency,
+        "amount": volume,
+        "description": description[:300],
+        "escrow_id": escrow_id,
+        "metadata": orjson.dumps(metadata or {}).decode(),
+        "fx": orjson.dumps(fx).decode(),
+        "created_at": clock.now(),
+        "codes": codes,
+        "leg_codes": [leg.account for leg in kept],
+        "leg_amounts": [leg.amount for leg in kept],
+        "balance_codes": [code for code, _ in deltas],
+        "balance_shards": [shard for _, shard in deltas],
+        "balance_deltas": list(deltas.values()),
+    }
+    entry_id, updated, ready = (await connection.execute(_PG_POST_ENTRY, params)).one()
+    if not ready:
+        await account_ids(session, codes, currency)  # creates the missing ones
+        entry_id, updated, ready = (await connection.execute(_PG_POST_ENTRY, params)).one()
+        if not ready:
+            raise RuntimeError(f"ledger accounts {codes} in {currency} could not be created")
+    if entry_id is not None and updated != len(deltas):
+        raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
+    return entry_id  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -287,12 +320,12 @@ async def post_entries(session: AsyncSession, drafts: Sequence[EntryDraft]) -> l
         keys_of[draft.reference] = set()
         for leg in kept:
             account_id = ids[(leg.account, draft.currency)]
-            shard = _hot_shard(session, draft.reference) if accounts.is_hot(leg.account) else 0
+            shard = _shard_of(session, draft.reference, leg.account)
             legs["reference"].append(draft.reference)
             legs["account_id"].append(account_id)
             legs["amount"].append(leg.amount)
             legs["shard"].append(shard)
-            legs["delta"].append(leg.amount * accounts.normal_sign(accounts.kind_of(leg.account)))
+            legs["delta"].append(_balance_delta(leg))
             keys_of[draft.reference].add((account_id, shard))
     rows = (
         await session.execute(
@@ -364,27 +397,34 @@ _PG_POST_ENTRIES = text(
 )
 
 
-# PostgreSQL: the entry, its postings and the balance updates in ONE statement (one round trip instead of
-# three; the bench measured the round trips as the ledger's cost). When the reference exists, the entry CTE
-# is empty and nothing else is written. The balance rows are locked in (account, shard) order first: an
-# UPDATE … FROM locks in whatever order its plan joins, and a custom and a generic plan of this prepared
-# statement joined in opposite orders, so two postings to the same two hot rows deadlocked (benchmark, 32
-# clients, a capture's fee: provider clearing and provider fees).
+# PostgreSQL: the accounts (by code), the entry, its postings and the balance updates in ONE statement.
+# ``ready`` is false when an account does not exist yet: then nothing is written and the caller creates it
+# and runs the statement again. When the reference exists, the entry CTE is empty and nothing else is
+# written. The balance rows are locked in (account, shard) order first: an UPDATE … FROM locks in whatever
+# order its plan joins, and a custom and a generic plan of this prepared statement joined in opposite
+# orders, so two postings to the same two hot rows deadlocked (benchmark, 32 clients, a capture's fee:
+# provider clearing and provider fees).
 _PG_POST_ENTRY = text(
-    "WITH entry AS ("
+    "WITH acct AS ("
+    " SELECT a.id, a.code FROM ledger_accounts AS a"
+    " WHERE a.currency = :currency AND a.code = ANY(CAST(:codes AS text[]))),"
+    " ready AS (SELECT count(*) = cardinality(CAST(:codes AS text[])) AS ok FROM acct),"
+    " entry AS ("
     " INSERT INTO ledger_entries"
     " (reference, currency, amount, description, escrow_id, metadata, fx, created_at)"
-    " VALUES (:reference, :currency, :amount, :description, :escrow_id, CAST(:metadata AS json),"
-    " CAST(:fx AS json), :created_at)"
+    " SELECT :reference, :currency, :amount, :description, :escrow_id, CAST(:metadata AS json),"
+    " CAST(:fx AS json), :created_at WHERE (SELECT ok FROM ready)"
     " ON CONFLICT (reference) DO NOTHING RETURNING id),"
     " posted AS ("
     " INSERT INTO ledger_postings (entry_id, account_id, amount, created_at)"
-    " SELECT entry.id, leg.account_id, leg.amount, :created_at FROM entry,"
-    " unnest(CAST(:leg_accounts AS bigint[]), CAST(:leg_amounts AS bigint[])) AS leg(account_id, amount)"
+    " SELECT entry.id, acct.id, leg.amount, :created_at FROM entry,"
+    " unnest(CAST(:leg_codes AS text[]), CAST(:leg_amounts AS bigint[])) AS leg(code, amount)"
+    " JOIN acct ON acct.code = leg.code"
     " RETURNING 1),"
     " d AS ("
-    " SELECT * FROM unnest(CAST(:balance_accounts AS bigint[]), CAST(:balance_shards AS integer[]),"
-    " CAST(:balance_deltas AS bigint[])) AS d(account_id, shard, delta) WHERE EXISTS (SELECT 1 FROM entry)),"
+    " SELECT acct.id AS account_id, d.shard, d.delta FROM unnest(CAST(:balance_codes AS text[]),"
+    " CAST(:balance_shards AS integer[]), CAST(:balance_deltas AS bigint[])) AS d(code, shard, delta)"
+    " JOIN acct ON acct.code = d.code WHERE EXISTS (SELECT 1 FROM entry)),"
     " locked AS ("
     " SELECT b.account_id, b.shard FROM ledger_balances AS b"
     " WHERE (b.account_id, b.shard) IN (SELECT account_id, shard FROM d)"
@@ -394,7 +434,7 @@ _PG_POST_ENTRY = text(
     " FROM d JOIN locked USING (account_id, shard)"
     " WHERE b.account_id = d.account_id AND b.shard = d.shard"
     " RETURNING 1)"
-    " SELECT (SELECT id FROM entry), (SELECT count(*) FROM balanced)"
+    " SELECT (SELECT id FROM entry), (SELECT count(*) FROM balanced), (SELECT ok FROM ready)"
 )
 
 

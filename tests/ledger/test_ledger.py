@@ -94,36 +94,77 @@ async def test_user_balance_cannot_go_negative(database: Database) -> None:
             )
 
 
+async def _raw_entry(session: Any, reference: str, currency: str = "TRY") -> int:
+    """An entry row written around the service, as a bug or a hand-written script would."""
+    return int(
+        (
+            await session.execute(
+                text(
+                    "INSERT INTO ledger_entries (reference, currency, amount, description, metadata,"
+                    " created_at) VALUES (:r, :c, 5, '', '{}', now()) RETURNING id"
+                ),
+                {"r": reference, "c": currency},
+            )
+        ).scalar_one()
+    )
+
+
+async def _raw_postings(session: Any, rows: list[tuple[int, int, int]]) -> None:
+    """(entry, account, amount) rows inserted by ONE statement."""
+    await session.execute(
+        text(
+            "INSERT INTO ledger_postings (entry_id, account_id, amount, created_at)"
+            " SELECT e, a, m, now() FROM unnest(CAST(:e AS bigint[]), CAST(:a AS bigint[]),"
+            " CAST(:m AS bigint[])) AS r(e, a, m)"
+        ),
+        {"e": [r[0] for r in rows], "a": [r[1] for r in rows], "m": [r[2] for r in rows]},
+    )
+
+
 @pytest.mark.postgres_only
 async def test_database_refuses_unbalanced_postings_and_edits(database: Database) -> None:
     async with database.transaction() as session:
         await post_entry(session, "ok", "TRY", [debit(CLEARING, 100), credit("escrow:esc_e", 100)])
-    # Written around the service, the deferred trigger still refuses an unbalanced entry at commit.
-    with pytest.raises(DBAPIError, match="unbalanced"):
-        async with database.transaction() as session:
-            entry_id = (
-                await session.execute(
-                    text(
-                        "INSERT INTO ledger_entries "
-                        "(reference, currency, amount, description, metadata, created_at) "
-                        "VALUES ('raw', 'TRY', 5, '', '{}', now()) RETURNING id"
-                    )
-                )
-            ).scalar_one()
-            account_id = (await session.execute(text("SELECT id FROM ledger_accounts LIMIT 1"))).scalar_one()
-            await session.execute(
-                text(
-                    "INSERT INTO ledger_postings (entry_id, account_id, amount, created_at) "
-                    "VALUES (:e, :a, 5, now())"
-                ),
-                {"e": entry_id, "a": account_id},
-            )
+        ids = await account_ids(session, [CLEARING, "escrow:esc_e"], "TRY")
+        usd = (await account_ids(session, ["escrow:esc_usd"], "USD"))["escrow:esc_usd"]
+    clearing, escrow = ids[CLEARING], ids["escrow:esc_e"]
+    ok_entry = (await _entry_ids(database, ["ok"]))["ok"]
+    # Written around the service, each is refused by the statement trigger, and nothing stays behind.
+    refused: dict[str, Any] = {
+        "one leg": lambda s, e: _raw_postings(s, [(e, clearing, 5)]),
+        "sum not zero": lambda s, e: _raw_postings(s, [(e, clearing, 5), (e, escrow, -4)]),
+        "a leg in another currency": lambda s, e: _raw_postings(s, [(e, clearing, 5), (e, usd, -5)]),
+        # one balanced entry does not carry an unbalanced one in the same statement
+        "two entries, one unbalanced": lambda s, e: _raw_postings(
+            s, [(ok_entry, clearing, 1), (ok_entry, escrow, -1), (e, clearing, 5)]
+        ),
+        # a balanced pair added to an entry posted earlier leaves it balanced, one leg does not
+        "a leg added to a posted entry": lambda s, e: _raw_postings(s, [(ok_entry, clearing, 7)]),
+    }
+    for case, write in refused.items():
+        with pytest.raises(DBAPIError, match="unbalanced"):
+            async with database.transaction() as session:
+                await write(session, await _raw_entry(session, f"raw:{case}"))
+        assert not await _entry_ids(database, [f"raw:{case}"]), case
+    # Several statements each leaving their entries balanced are accepted (the check is per statement).
+    async with database.transaction() as session:
+        entry = await _raw_entry(session, "raw:balanced")
+        await _raw_postings(session, [(entry, clearing, 5), (entry, escrow, -5)])
+        await _raw_postings(session, [(entry, clearing, 2), (entry, escrow, -2)])
     with pytest.raises(DBAPIError, match="append-only"):
         async with database.transaction() as session:
             await session.execute(text("UPDATE ledger_postings SET amount = amount + 1"))
     with pytest.raises(DBAPIError, match="append-only"):
         async with database.transaction() as session:
             await session.execute(text("DELETE FROM ledger_entries"))
+
+
+async def _entry_ids(database: Database, references: list[str]) -> dict[str, int]:
+    async with database.transaction() as session:
+        rows = await session.execute(
+            text("SELECT reference, id FROM ledger_entries WHERE reference = ANY(:r)"), {"r": references}
+        )
+        return {reference: entry_id for reference, entry_id in rows.all()}
 
 
 @pytest.mark.postgres_only
