@@ -252,12 +252,12 @@ async def _pg_post_entry(
         "balance_shards": [shard for _, shard in deltas],
         "balance_deltas": list(deltas.values()),
     }
-    entry_id, updated, ready = (await connection.execute(_PG_POST_ENTRY, params)).one()
-    if not ready:
-        await account_ids(session, codes, currency)  # creates the missing ones
-        entry_id, updated, ready = (await connection.execute(_PG_POST_ENTRY, params)).one()
-        if not ready:
-            raise RuntimeError(f"ledger accounts {codes} in {currency} could not be created")
+    entry_id, updated, missing = (await connection.execute(_PG_POST_ENTRY, params)).one()
+    if missing:
+        await _create_accounts(session, sorted(missing), currency)
+        entry_id, updated, missing = (await connection.execute(_PG_POST_ENTRY, params)).one()
+        if missing:
+            raise RuntimeError(f"ledger accounts {missing} in {currency} could not be created")
     if entry_id is not None and updated != len(deltas):
         raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
     return entry_id  # type: ignore[no-any-return]
@@ -398,7 +398,7 @@ _PG_POST_ENTRIES = text(
 
 
 # PostgreSQL: the accounts (by code), the entry, its postings and the balance updates in ONE statement.
-# ``ready`` is false when an account does not exist yet: then nothing is written and the caller creates it
+# ``missing`` names the accounts that do not exist yet: then nothing is written, and the caller creates them
 # and runs the statement again. When the reference exists, the entry CTE is empty and nothing else is
 # written. The balance rows are locked in (account, shard) order first: an UPDATE … FROM locks in whatever
 # order its plan joins, and a custom and a generic plan of this prepared statement joined in opposite
@@ -408,12 +408,13 @@ _PG_POST_ENTRY = text(
     "WITH acct AS ("
     " SELECT a.id, a.code FROM ledger_accounts AS a"
     " WHERE a.currency = :currency AND a.code = ANY(CAST(:codes AS text[]))),"
-    " ready AS (SELECT count(*) = cardinality(CAST(:codes AS text[])) AS ok FROM acct),"
+    " absent AS (SELECT ARRAY(SELECT unnest(CAST(:codes AS text[])) EXCEPT SELECT code::text FROM acct)"
+    " AS missing),"
     " entry AS ("
     " INSERT INTO ledger_entries"
     " (reference, currency, amount, description, escrow_id, metadata, fx, created_at)"
     " SELECT :reference, :currency, :amount, :description, :escrow_id, CAST(:metadata AS json),"
-    " CAST(:fx AS json), :created_at WHERE (SELECT ok FROM ready)"
+    " CAST(:fx AS json), :created_at WHERE cardinality((SELECT missing FROM absent)) = 0"
     " ON CONFLICT (reference) DO NOTHING RETURNING id),"
     " posted AS ("
     " INSERT INTO ledger_postings (entry_id, account_id, amount, created_at)"
@@ -434,7 +435,7 @@ _PG_POST_ENTRY = text(
     " FROM d JOIN locked USING (account_id, shard)"
     " WHERE b.account_id = d.account_id AND b.shard = d.shard"
     " RETURNING 1)"
-    " SELECT (SELECT id FROM entry), (SELECT count(*) FROM balanced), (SELECT ok FROM ready)"
+    " SELECT (SELECT id FROM entry), (SELECT count(*) FROM balanced), (SELECT missing FROM absent)"
 )
 
 
