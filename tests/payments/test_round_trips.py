@@ -29,7 +29,7 @@ pytestmark = pytest.mark.postgres_only
 # Measured when the hot paths were collapsed (session 2; the webhook books the fee it carries instead of
 # queueing a status query for it); before: create 7, pay 20, webhook 26-28,
 # release 9-11. Lower is fine: update the number.
-MOST_STATEMENTS = {"create": 6, "pay": 11, "webhook": 16, "release": 7}
+MOST_STATEMENTS = {"create": 6, "pay": 11, "webhook": 15, "release": 6}
 
 
 async def test_each_lifecycle_step_stays_within_its_round_trips(
