@@ -35,9 +35,14 @@ def check_currency(currency: str) -> str:
 
 def round_half_up(value: Fraction) -> int:
     """Half-up (away from zero for .5) rounding of an exact fraction to an integer."""
-    whole, remainder = divmod(abs(value.numerator), value.denominator)
-    rounded = whole + (1 if 2 * remainder >= value.denominator else 0)
-    return -rounded if value.numerator < 0 else rounded
+    return divide_half_up(value.numerator, value.denominator)
+
+
+def divide_half_up(numerator: int, denominator: int) -> int:
+    """``numerator / denominator`` (denominator > 0) rounded half-up, in integers only."""
+    whole, remainder = divmod(abs(numerator), denominator)
+    rounded = whole + (1 if 2 * remainder >= denominator else 0)
+    return -rounded if numerator < 0 else rounded
 
 
 def percentage_of(amount: int, basis_points: int) -> int:

@@ -7,6 +7,7 @@ report always shows the rate that was in force. The default provider reads fixed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from emanet.core import clock
-from emanet.core.money import currency_exponent, round_half_up
+from emanet.core.money import currency_exponent, divide_half_up
 from emanet.core.settings import get_settings
 
 
@@ -58,7 +59,8 @@ def use_rate_provider(provider: RateProvider) -> None:
 
 def convert_minor(amount: int, base: str, quote: str, rate: Decimal) -> int:
     """Convert minor units of ``base`` into minor units of ``quote`` (half-up)."""
-    return round_half_up(amount * _minor_factor(base, quote, rate))
+    factor = _minor_factor(base, quote, rate)
+    return divide_half_up(amount * factor.numerator, factor.denominator)
 
 
 @lru_cache(maxsize=256)
@@ -66,21 +68,25 @@ def _minor_factor(base: str, quote: str, rate: Decimal) -> Fraction:
     return Fraction(rate) * Fraction(10 ** currency_exponent(quote), 10 ** currency_exponent(base))
 
 
-async def convert(amount: int, base: str, quote: str) -> dict[str, Any] | None:
+Conversion = Callable[[int], dict[str, Any] | None]
+
+
+async def converter(base: str, quote: str) -> Conversion:
+    """Amounts of ``base`` into ``quote`` at one rate, looked up once (a batch of entries shares it)."""
     if base == quote:
-        return {"amount": amount, "currency": quote, "rate": "1", "source": "identity"}
+        return lambda amount: {"amount": amount, "currency": quote, "rate": "1", "source": "identity"}
     rate = await _provider.rate(base, quote)
     if rate is None:
-        return None
-    return {
-        "amount": convert_minor(amount, base, quote, rate.value),
-        "currency": quote,
-        "rate": str(rate.value),
-        "source": rate.source,
-        "as_of": rate.as_of.isoformat(),
-    }
+        return lambda amount: None
+    value = rate.value
+    fixed = {"currency": quote, "rate": str(value), "source": rate.source, "as_of": rate.as_of.isoformat()}
+    return lambda amount: {"amount": convert_minor(amount, base, quote, value), **fixed}
 
 
-async def reporting_conversion(currency: str, volume: int) -> dict[str, Any] | None:
-    """The entry's volume in the reporting currency, stored with the entry that used the rate."""
-    return await convert(volume, currency, get_settings().reporting_currency)
+async def convert(amount: int, base: str, quote: str) -> dict[str, Any] | None:
+    return (await converter(base, quote))(amount)
+
+
+async def reporting_converter(currency: str) -> Conversion:
+    """An entry's volume in the reporting currency, stored with the entry that used the rate."""
+    return await converter(currency, get_settings().reporting_currency)

@@ -20,7 +20,7 @@ from emanet.core import clock
 from emanet.core.db import transaction_state, upsert
 from emanet.core.money import check_currency
 from emanet.ledger import accounts
-from emanet.ledger.fx import reporting_conversion
+from emanet.ledger.fx import Conversion, reporting_converter
 from emanet.ledger.models import Account, AccountBalance, JournalEntry, Posting
 
 
@@ -166,7 +166,7 @@ async def post_entry(
     check_currency(currency)
     kept = _validated(legs)
     volume = _volume(kept)
-    fx = await reporting_conversion(currency, volume)
+    fx = (await reporting_converter(currency))(volume)
     if session.get_bind().dialect.name == "postgresql":
         entry_id = await _pg_post_entry(
             session, reference, currency, kept, volume, description, metadata, escrow_id, fx
@@ -299,11 +299,13 @@ async def post_entries(session: AsyncSession, drafts: Sequence[EntryDraft]) -> l
         ]
     kept_legs = {draft.reference: _validated(draft.legs) for draft in drafts}
     ids: dict[tuple[str, str], int] = {}
+    conversions: dict[str, Conversion] = {}
     for currency in sorted({d.currency for d in drafts}):
         check_currency(currency)
         codes = {leg.account for d in drafts if d.currency == currency for leg in kept_legs[d.reference]}
         found = await account_ids(session, codes, currency)
         ids.update({(code, currency): account_id for code, account_id in found.items()})
+        conversions[currency] = await reporting_converter(currency)
     entries: dict[str, list[Any]] = defaultdict(list)
     legs: dict[str, list[Any]] = defaultdict(list)
     keys_of: dict[str, set[tuple[int, int]]] = {}
@@ -316,7 +318,7 @@ async def post_entries(session: AsyncSession, drafts: Sequence[EntryDraft]) -> l
         entries["description"].append(draft.description[:300])
         entries["escrow_id"].append(draft.escrow_id)
         entries["metadata"].append(orjson.dumps(draft.metadata or {}).decode())
-        entries["fx"].append(orjson.dumps(await reporting_conversion(draft.currency, volume)).decode())
+        entries["fx"].append(orjson.dumps(conversions[draft.currency](volume)).decode())
         keys_of[draft.reference] = set()
         for leg in kept:
             account_id = ids[(leg.account, draft.currency)]

@@ -27,24 +27,25 @@ UPGRADE = (
     """
 CREATE FUNCTION ledger_check_entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    entry_ids bigint[];
     bad record;
 BEGIN
-    -- Each entry the statement touched, looked up by primary key, with its postings summed from the
-    -- entry_id index. Written per entry (LATERAL) so that the plan PL/pgSQL caches for the connection stays
-    -- index lookups: a join of the two tables was planned as a merge join over every entry, slower with
-    -- each entry posted (seen in the benchmark).
-    SELECT array_agg(DISTINCT entry_id) INTO entry_ids FROM new_postings;
-    SELECT e.id AS entry_id, s.total, s.legs, s.foreign_legs
+    -- Per entry the statement touched (LATERAL): the entry by primary key, its postings from the entry_id
+    -- index, each posting's account currency by primary key (a scalar subquery, which the planner cannot
+    -- turn into a hash join over every account). PL/pgSQL keeps one plan per connection, made when the
+    -- tables may have been nearly empty; a plain join of these tables was once planned as a merge join
+    -- over every entry and got slower with each entry posted (seen in the benchmark).
+    SELECT n.entry_id, s.total, s.legs, s.foreign_legs
       INTO bad
-      FROM ledger_entries e
+      FROM (SELECT DISTINCT entry_id FROM new_postings) AS n
      CROSS JOIN LATERAL (
            SELECT coalesce(sum(p.amount), 0) AS total, count(*) AS legs,
-                  count(*) FILTER (WHERE a.currency <> e.currency) AS foreign_legs
-             FROM ledger_postings p
-             JOIN ledger_accounts a ON a.id = p.account_id
-            WHERE p.entry_id = e.id) AS s
-     WHERE e.id = ANY(entry_ids) AND (s.total <> 0 OR s.legs < 2 OR s.foreign_legs > 0)
+                  count(*) FILTER (
+                      WHERE (SELECT a.currency FROM ledger_accounts AS a WHERE a.id = p.account_id)
+                            IS DISTINCT FROM e.currency) AS foreign_legs
+             FROM ledger_entries AS e
+             JOIN ledger_postings AS p ON p.entry_id = e.id
+            WHERE e.id = n.entry_id) AS s
+     WHERE s.total <> 0 OR s.legs < 2 OR s.foreign_legs > 0
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'unbalanced ledger entry %: sum %, % postings, % in another currency',
