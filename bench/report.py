@@ -562,7 +562,7 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             f"connection's own slice; {plan.get('ledger_connections')} connections over "
             f"{plan.get('ledger_processes')} processes (pgbench's 8 clients), {plan.get('ledger_seconds')} s each. "
             "Emanet single: `emanet.ledger.service.post_entry` — one balanced entry with two postings, both "
-            "balance rows updated under the non-negative CHECK, the deferred balance trigger at commit, one "
+            "balance rows updated under the non-negative CHECK, the balance trigger checking the entry, one "
             "commit each. Emanet batch: `post_entries` — the same entries and checks, the whole batch in one "
             "statement and one commit (the ledger's bulk API, for settlements and batch payouts). "
             "django-hordak: `Account.transfer_to` (one Transaction, two Legs, its PostgreSQL triggers), one "
