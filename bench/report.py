@@ -592,6 +592,7 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
                 ]
             )
         stats, export, verify = scale.get("stats", {}), scale.get("export", {}), scale.get("verify", {})
+        drain = scale.get("drain", {})
         out += [
             "## 5. Scale",
             "",
@@ -619,7 +620,9 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             f"**Dashboard stats** (`GET /api/v1/admin/dashboard/stats?fresh=true`, {stats.get('runs')} runs, "
             f"{fmt(stats.get('escrows_created_last_30_days'))} escrows in the 30-day window): first "
             f"{fmt(stats.get('first_ms'), 1)} ms, median {fmt(stats.get('median_ms'), 1)} ms, p95 "
-            f"{fmt(stats.get('p95_ms'), 1)} ms, max {fmt(stats.get('max_ms'), 1)} ms (round trip from the client).",
+            f"{fmt(stats.get('p95_ms'), 1)} ms, max {fmt(stats.get('max_ms'), 1)} ms (round trip from the client). "
+            f"Timed once the worker had run the {fmt(drain.get('backlog_jobs'))} jobs the lifecycle run left "
+            f"queued ({fmt(drain.get('seconds'), 1)} s; {fmt(drain.get('left'))} left).",
             "",
             f"**Full CSV export** (`GET /api/v1/admin/escrows/export?format=csv`): {fmt(export.get('rows'))} rows, "
             f"{fmt((export.get('bytes') or 0) / 2**20, 1)} MiB in {fmt(export.get('seconds'), 1)} s "

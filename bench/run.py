@@ -365,6 +365,31 @@ def hordak_runs(plan: Plan, workdir: Path, database: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ scale
+async def drain_jobs(database: str, limit_s: float = 180) -> dict[str, Any]:
+    """Wait until the worker has run every job that is due (the lifecycle run leaves it a backlog of event
+    dispatches), so the timings that follow measure the request and not the worker's catch-up."""
+    import asyncpg
+
+    connection = await asyncpg.connect(pg.dsn_for(database))
+    try:
+        started = time.perf_counter()
+        backlog = None
+        while True:
+            due = await connection.fetchval(
+                "SELECT count(*) FROM jobs WHERE status IN ('pending', 'running') AND run_at <= now()"
+            )
+            backlog = due if backlog is None else backlog
+            if due == 0 or time.perf_counter() - started > limit_s:
+                return {
+                    "backlog_jobs": backlog,
+                    "left": due,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
+
+
 def time_stats(stack: Stack, token: str, runs: int) -> dict[str, Any]:
     timings = []
     with httpx.Client(
@@ -454,6 +479,8 @@ def scale_runs(plan: Plan, workdir: Path, database: str, keys: Secrets, use_redi
                 stack, plan, workdir, people, keys, plan.scale_clients, plan.scale_seconds, f"scale-{size}"
             )
             results["sizes"][str(size)] = {"load": load, "lifecycle": run}
+        results["drain"] = asyncio.run(drain_jobs(database))
+        say(f"worker backlog after the run: {results['drain']}")
         say("timing GET /api/v1/admin/dashboard/stats?fresh=true")
         results["stats"] = time_stats(stack, people["admin_token"], plan.stats_runs)
         say(f"stats: median {results['stats']['median_ms']} ms")

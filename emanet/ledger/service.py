@@ -298,17 +298,15 @@ async def post_entries(session: AsyncSession, drafts: Sequence[EntryDraft]) -> l
             for d in drafts
         ]
     kept_legs = {draft.reference: _validated(draft.legs) for draft in drafts}
-    ids: dict[tuple[str, str], int] = {}
     conversions: dict[str, Conversion] = {}
     for currency in sorted({d.currency for d in drafts}):
         check_currency(currency)
-        codes = {leg.account for d in drafts if d.currency == currency for leg in kept_legs[d.reference]}
-        found = await account_ids(session, codes, currency)
-        ids.update({(code, currency): account_id for code, account_id in found.items()})
         conversions[currency] = await reporting_converter(currency)
+    connection = await session.connection()  # begins the transaction the hot shard is kept for
     entries: dict[str, list[Any]] = defaultdict(list)
     legs: dict[str, list[Any]] = defaultdict(list)
-    keys_of: dict[str, set[tuple[int, int]]] = {}
+    keys_of: dict[str, set[tuple[str, str, int]]] = {}
+    no_metadata = orjson.dumps({}).decode()
     for draft in drafts:
         kept = kept_legs[draft.reference]
         volume = _volume(kept)
@@ -317,32 +315,34 @@ async def post_entries(session: AsyncSession, drafts: Sequence[EntryDraft]) -> l
         entries["amount"].append(volume)
         entries["description"].append(draft.description[:300])
         entries["escrow_id"].append(draft.escrow_id)
-        entries["metadata"].append(orjson.dumps(draft.metadata or {}).decode())
+        entries["metadata"].append(orjson.dumps(draft.metadata).decode() if draft.metadata else no_metadata)
         entries["fx"].append(orjson.dumps(conversions[draft.currency](volume)).decode())
-        keys_of[draft.reference] = set()
+        keys = keys_of[draft.reference] = set()
         for leg in kept:
-            account_id = ids[(leg.account, draft.currency)]
             shard = _shard_of(session, draft.reference, leg.account)
             legs["reference"].append(draft.reference)
-            legs["account_id"].append(account_id)
+            legs["code"].append(leg.account)
+            legs["currency"].append(draft.currency)
             legs["amount"].append(leg.amount)
             legs["shard"].append(shard)
             legs["delta"].append(_balance_delta(leg))
-            keys_of[draft.reference].add((account_id, shard))
-    rows = (
-        await session.execute(
-            _PG_POST_ENTRIES,
-            {
-                **{f"entry_{name}": values for name, values in entries.items()},
-                **{f"leg_{name}": values for name, values in legs.items()},
-                "created_at": clock.now(),
-            },
-        )
-    ).all()
-    created = {reference: entry_id for reference, entry_id, _ in rows if reference is not None}
-    updated = rows[0][2] if rows else 0
+            keys.add((leg.account, draft.currency, shard))
+    params = {
+        **{f"entry_{name}": values for name, values in entries.items()},
+        **{f"leg_{name}": values for name, values in legs.items()},
+        "created_at": clock.now(),
+    }
+    rows = (await connection.execute(_PG_POST_ENTRIES, params)).all()
+    if rows[0].missing:  # accounts used for the first time: create them, then post
+        for currency in sorted({d.currency for d in drafts}):
+            codes = {leg.account for d in drafts if d.currency == currency for leg in kept_legs[d.reference]}
+            await account_ids(session, codes, currency)
+        rows = (await connection.execute(_PG_POST_ENTRIES, params)).all()
+        if rows[0].missing:
+            raise RuntimeError("ledger accounts could not be created")
+    created = {row.reference: row.id for row in rows if row.reference is not None}
     expected = len(set().union(*(keys_of[r] for r in created))) if created else 0
-    if updated != expected:
+    if rows[0].updated != expected:
         raise RuntimeError("a balance row is missing; run `emanet ledger verify`")
     existing: dict[str, int] = {}
     if len(created) != len(drafts):
@@ -360,31 +360,43 @@ async def post_entries(session: AsyncSession, drafts: Sequence[EntryDraft]) -> l
     ]
 
 
-# The batch: input rows unnested, the entries not posted before inserted, their postings, and their balance
-# deltas summed per row — the rows locked in (account, shard) order first so concurrent batches queue
-# instead of deadlocking. Each result row is one created entry and the count of balance rows updated.
+# The batch: input rows unnested, the accounts looked up by (code, currency) — when one does not exist yet
+# (``missing`` > 0) nothing is written, and the caller creates it and runs the statement again — the
+# entries not posted before inserted, their postings, and their balance deltas summed per row, the rows
+# locked in (account, shard) order first so concurrent batches queue instead of deadlocking. Each result row
+# is one created entry with the count of balance rows updated and of accounts missing.
 _PG_POST_ENTRIES = text(
     "WITH input AS ("
     " SELECT * FROM unnest(CAST(:entry_reference AS text[]), CAST(:entry_currency AS text[]),"
     " CAST(:entry_amount AS bigint[]), CAST(:entry_description AS text[]), CAST(:entry_escrow_id AS text[]),"
     " CAST(:entry_metadata AS json[]), CAST(:entry_fx AS json[]))"
     " AS e(reference, currency, amount, description, escrow_id, metadata, fx)),"
+    " leg AS ("
+    " SELECT * FROM unnest(CAST(:leg_reference AS text[]), CAST(:leg_code AS text[]),"
+    " CAST(:leg_currency AS text[]), CAST(:leg_amount AS bigint[]), CAST(:leg_shard AS integer[]),"
+    " CAST(:leg_delta AS bigint[])) AS l(reference, code, currency, amount, shard, delta)),"
+    " wanted AS (SELECT DISTINCT code, currency FROM leg),"
+    " acct AS ("
+    " SELECT a.id, a.code, a.currency FROM wanted"
+    " JOIN ledger_accounts AS a ON a.code = wanted.code AND a.currency = wanted.currency),"
+    " absent AS (SELECT (SELECT count(*) FROM wanted) - (SELECT count(*) FROM acct) AS n),"
     " entry AS ("
     " INSERT INTO ledger_entries"
     " (reference, currency, amount, description, escrow_id, metadata, fx, created_at)"
     " SELECT reference, currency, amount, description, escrow_id, metadata, fx, :created_at FROM input"
+    " WHERE (SELECT n FROM absent) = 0"
     " ON CONFLICT (reference) DO NOTHING RETURNING id, reference),"
-    " leg AS ("
-    " SELECT * FROM unnest(CAST(:leg_reference AS text[]), CAST(:leg_account_id AS bigint[]),"
-    " CAST(:leg_amount AS bigint[]), CAST(:leg_shard AS integer[]), CAST(:leg_delta AS bigint[]))"
-    " AS l(reference, account_id, amount, shard, delta)),"
+    " resolved AS ("
+    " SELECT leg.reference, acct.id AS account_id, leg.amount, leg.shard, leg.delta FROM leg"
+    " JOIN acct ON acct.code = leg.code AND acct.currency = leg.currency),"
     " posted AS ("
     " INSERT INTO ledger_postings (entry_id, account_id, amount, created_at)"
-    " SELECT entry.id, leg.account_id, leg.amount, :created_at FROM entry JOIN leg USING (reference)"
+    " SELECT entry.id, resolved.account_id, resolved.amount, :created_at"
+    " FROM entry JOIN resolved USING (reference)"
     " RETURNING 1),"
     " delta AS ("
-    " SELECT leg.account_id, leg.shard, sum(leg.delta) AS delta FROM leg JOIN entry USING (reference)"
-    " GROUP BY leg.account_id, leg.shard),"
+    " SELECT resolved.account_id, resolved.shard, sum(resolved.delta) AS delta"
+    " FROM resolved JOIN entry USING (reference) GROUP BY resolved.account_id, resolved.shard),"
     " locked AS ("
     " SELECT b.account_id, b.shard FROM ledger_balances AS b"
     " WHERE (b.account_id, b.shard) IN (SELECT account_id, shard FROM delta)"
@@ -394,8 +406,8 @@ _PG_POST_ENTRIES = text(
     " FROM delta JOIN locked USING (account_id, shard)"
     " WHERE b.account_id = delta.account_id AND b.shard = delta.shard"
     " RETURNING 1)"
-    " SELECT entry.reference, entry.id, updated.n"
-    " FROM (SELECT count(*) AS n FROM balanced) AS updated LEFT JOIN entry ON true"
+    " SELECT entry.reference, entry.id, updated.n AS updated, absent.n AS missing"
+    " FROM (SELECT count(*) AS n FROM balanced) AS updated CROSS JOIN absent LEFT JOIN entry ON true"
 )
 
 
