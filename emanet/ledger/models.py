@@ -1,5 +1,6 @@
 """Ledger tables. Entries and postings are append-only (PostgreSQL triggers refuse UPDATE and DELETE);
-an entry's postings must sum to zero (a deferred constraint trigger checks it at commit)."""
+an entry's postings must sum to zero (a statement trigger checks every entry that an INSERT of postings
+touched)."""
 
 from __future__ import annotations
 
