@@ -6,6 +6,11 @@ A domain's ``tasks.py`` registers handlers with ``@job("kind")`` and sweeps with
 the worker guarantees at-least-once; the effects (ledger references, state machines, unique
 constraints) make it exactly-once. A handler whose work is one transaction opens it with
 ``ctx.transaction()``: the job is then marked done in that same transaction.
+
+``@job("kind", batch=n)`` lets the worker hand one call up to ``n`` claimed jobs of that kind together
+(``ctx.payloads``), done in one transaction: for small, frequent jobs whose per-job cost is mostly
+round trips and commits (the fan-out of events). If a batch fails, the worker runs its jobs one by one,
+so a job that cannot succeed holds up no other.
 """
 
 from __future__ import annotations
@@ -40,16 +45,23 @@ class JobContext:
     database: Database
     settings: Settings
     payload: dict[str, Any] = field(default_factory=dict)
+    # Every job's payload when the worker runs a batch (``payload`` is the first); ``[payload]`` otherwise.
+    payloads: list[dict[str, Any]] = field(default_factory=list)
     job_id: int | None = None
     attempt: int = 1
     # Set by the worker: marks the job done inside a session; False when the lease was lost.
     finish_in: Callable[[AsyncSession], Awaitable[bool]] | None = None
     finished: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.payloads:
+            self.payloads = [self.payload]
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """The handler's unit of work with the job's completion in it: both commit or neither does (one
-        transaction less per job, and a worker that lost the lease changes nothing)."""
+        """The handler's unit of work with the job's completion in it (every job's, for a batch): both
+        commit or neither does (one transaction less per job, and a worker that lost a lease changes
+        nothing)."""
         async with self.database.transaction() as session:
             yield session
             if self.finish_in is not None and not self.finished:
@@ -69,13 +81,16 @@ class Periodic:
 
 HANDLERS: dict[str, JobHandler] = {}
 PERIODIC: dict[str, Periodic] = {}
+BATCH_SIZES: dict[str, int] = {}  # kinds whose handler takes several jobs at once, and how many at most
 
 
-def job(kind: str) -> Callable[[JobHandler], JobHandler]:
+def job(kind: str, *, batch: int = 1) -> Callable[[JobHandler], JobHandler]:
     def register(handler: JobHandler) -> JobHandler:
         if kind in HANDLERS and HANDLERS[kind] is not handler:
             raise RuntimeError(f"two handlers for job kind {kind!r}")
         HANDLERS[kind] = handler
+        if batch > 1:
+            BATCH_SIZES[kind] = batch
         return handler
 
     return register

@@ -13,6 +13,11 @@ renews its leases (heartbeat); a job whose lease ran out (its worker was killed)
 are at-least-once: their effects are made exactly-once by ledger references, state machines and unique
 keys. Periodic sweeps are enqueued by every worker with ``dedupe_key="periodic:{kind}:{time bucket}"``,
 so however many workers run, each bucket's sweep exists once.
+
+Batches: jobs of a kind registered with ``@job(kind, batch=n)`` that are claimed together run as one
+handler call in one slot; when the first claim brings such jobs and was full (more are probably due), a
+second claim tops the batch up with jobs of that kind only. A batch that fails or loses a lease is rolled
+back and its jobs run one by one, each with its own retries.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock, metrics
@@ -38,7 +43,15 @@ from emanet.core.db import Database, upsert
 from emanet.core.logging import configure_logging
 from emanet.core.models import IdempotencyKey, Job
 from emanet.core.settings import Settings
-from emanet.core.tasks import HANDLERS, PERIODIC, JobContext, LeaseLost, load_task_modules, periodic
+from emanet.core.tasks import (
+    BATCH_SIZES,
+    HANDLERS,
+    PERIODIC,
+    JobContext,
+    LeaseLost,
+    load_task_modules,
+    periodic,
+)
 
 log = structlog.get_logger("emanet.worker")
 
@@ -124,7 +137,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._stop = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[asyncio.Task[None], list[int]] = {}  # each running task and the jobs it holds
         self._scheduled_buckets: dict[str, int] = {}
 
     @property
@@ -139,9 +152,9 @@ class Worker:
 
     # --- the queue -----------------------------------------------------------------------------------
 
-    async def claim(self, limit: int) -> list[ClaimedJob]:
-        """Lease up to ``limit`` due jobs: pending ones whose time has come and running ones whose
-        worker stopped renewing its lease."""
+    async def claim(self, limit: int, *, kind: str | None = None) -> list[ClaimedJob]:
+        """Lease up to ``limit`` due jobs (of ``kind`` only, if given): pending ones whose time has come and
+        running ones whose worker stopped renewing its lease."""
         if limit <= 0:
             return []
         now = clock.now()
@@ -150,6 +163,8 @@ class Worker:
             # A lease this worker let lapse (its event loop starved) is still its own: it is running that job.
             and_(Job.status == RUNNING, Job.locked_until < now, Job.locked_by != self.name),
         )
+        if kind is not None:
+            due = and_(due, Job.kind == kind)
         # One statement: WITH due AS (SELECT … FOR UPDATE SKIP LOCKED) UPDATE jobs … FROM due RETURNING …
         # (the CTE is evaluated once, so the LIMIT holds however the planner joins it).
         due_ids = (
@@ -188,6 +203,23 @@ class Worker:
         claimed.sort(key=lambda job: job.id)
         return claimed
 
+    async def claim_groups(self, limit: int) -> list[list[ClaimedJob]]:
+        """Claim up to ``limit`` units of work: single jobs, and batches of the kinds that take them."""
+        claimed = await self.claim(limit)
+        groups: list[list[ClaimedJob]] = []
+        batches: dict[str, list[ClaimedJob]] = {}
+        for job in claimed:
+            if job.kind in BATCH_SIZES and job.attempt <= job.max_attempts:
+                batches.setdefault(job.kind, []).append(job)
+            else:
+                groups.append([job])
+        for kind, jobs in batches.items():
+            if len(claimed) == limit:
+                jobs += await self.claim(BATCH_SIZES[kind] - len(jobs), kind=kind)
+            size = BATCH_SIZES[kind]
+            groups.extend(jobs[start : start + size] for start in range(0, len(jobs), size))
+        return groups
+
     def _mine(self, job: ClaimedJob) -> Any:
         # Only the holder of this attempt's lease may settle it; a worker that lost its lease changes nothing.
         return and_(
@@ -215,6 +247,20 @@ class Worker:
 
     async def _finish_in(self, session: AsyncSession, job: ClaimedJob) -> bool:
         return await self._settle_in(session, job, **_done())
+
+    async def _finish_all_in(self, session: AsyncSession, jobs: list[ClaimedJob]) -> bool:
+        """Mark a batch done in the handler's transaction; False unless this worker holds every lease."""
+        result = await session.execute(
+            update(Job)
+            .where(
+                tuple_(Job.id, Job.attempts).in_([(job.id, job.attempt) for job in jobs]),
+                Job.status == RUNNING,
+                Job.locked_by == self.name,
+            )
+            .values(locked_by=None, locked_until=None, **_done())
+            .execution_options(synchronize_session=False)
+        )
+        return getattr(result, "rowcount", 0) == len(jobs)
 
     async def _complete(self, job: ClaimedJob, seconds: float, *, settled: bool = False) -> None:
         if settled or await self._settle(job, **_done()):
@@ -297,6 +343,39 @@ class Worker:
         else:
             await self._complete(job, time.perf_counter() - started, settled=context.finished)
 
+    async def execute_group(self, jobs: list[ClaimedJob]) -> None:
+        """Run a unit of work from ``claim_groups``: one job, or a batch in one handler call and one
+        transaction. A batch that fails (or lost a lease) changed nothing; its jobs then run one by one."""
+        if len(jobs) == 1:
+            await self.execute(jobs[0])
+            return
+        first = jobs[0]
+        context = JobContext(
+            database=self.database,
+            settings=self.settings,
+            payload=first.payload,
+            payloads=[job.payload for job in jobs],
+            job_id=first.id,
+            attempt=max(job.attempt for job in jobs),
+            finish_in=lambda session: self._finish_all_in(session, jobs),
+        )
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.worker_job_timeout_seconds):
+                await HANDLERS[first.kind](context)
+        except asyncio.CancelledError:
+            for job in jobs:
+                await self._release(job)
+            raise
+        except Exception as exc:
+            log.warning("job_batch_failed", kind=first.kind, jobs=len(jobs), error=_error_text(exc))
+            for job in jobs:
+                await self.execute(job)
+            return
+        seconds = time.perf_counter() - started
+        for job in jobs:
+            await self._complete(job, seconds, settled=context.finished)
+
     async def schedule_periodic(self) -> int:
         """Enqueue each periodic sweep once per time bucket (shared by all workers); returns how many new."""
         now = clock.now()
@@ -326,11 +405,11 @@ class Worker:
         jobs retried later (with the clock frozen) are left pending."""
         ran = 0
         while ran < max_jobs:
-            batch = await self.claim(min(self.concurrency, max_jobs - ran))
-            if not batch:
+            groups = await self.claim_groups(min(self.concurrency, max_jobs - ran))
+            if not groups:
                 break
-            await asyncio.gather(*(self.execute(job) for job in batch))
-            ran += len(batch)
+            await asyncio.gather(*(self.execute_group(jobs) for jobs in groups))
+            ran += sum(len(jobs) for jobs in groups)
         return ran
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -351,16 +430,16 @@ class Worker:
                 free = self.concurrency - len(self._tasks)
                 try:
                     await self.schedule_periodic()
-                    batch = await self.claim(free)
+                    groups = await self.claim_groups(free)
                     failures = 0
                 except Exception:
                     failures += 1
                     log.exception("worker_poll_failed", worker=self.name, consecutive=failures)
                     await self._pause(min(30.0, self.settings.worker_poll_seconds * 2**failures))
                     continue
-                for job in batch:
-                    self._start(job)
-                if free == 0 or len(batch) < free:
+                for jobs in groups:
+                    self._start(jobs)
+                if free == 0 or len(groups) < free:
                     await self._pause(self.settings.worker_poll_seconds)
         finally:
             await self._drain()
@@ -369,12 +448,12 @@ class Worker:
                 await heartbeat
             log.info("worker_stopped", worker=self.name)
 
-    def _start(self, job: ClaimedJob) -> None:
-        task = asyncio.create_task(self.execute(job), name=f"job:{job.id}:{job.kind}")
-        self._tasks[job.id] = task
+    def _start(self, jobs: list[ClaimedJob]) -> None:
+        task = asyncio.create_task(self.execute_group(jobs), name=f"job:{jobs[0].id}:{jobs[0].kind}")
+        self._tasks[task] = [job.id for job in jobs]
 
         def _done(_: asyncio.Task[None]) -> None:
-            self._tasks.pop(job.id, None)
+            self._tasks.pop(task, None)
             self._slot_freed.set()
 
         task.add_done_callback(_done)
@@ -390,7 +469,7 @@ class Worker:
             freed.cancel()
 
     async def _drain(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = list(self._tasks)
         if not tasks:
             return
         _, unfinished = await asyncio.wait(tasks, timeout=self.settings.worker_shutdown_grace_seconds)
@@ -403,7 +482,7 @@ class Worker:
         interval = max(0.2, self.settings.worker_lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            ids = list(self._tasks)
+            ids = [job_id for held in self._tasks.values() for job_id in held]
             if not ids:
                 continue
             try:

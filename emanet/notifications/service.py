@@ -10,7 +10,8 @@ and only to verified phones. Each copy is its own job, so a failing channel or p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,81 +57,93 @@ SMS_KINDS = frozenset(
 SMS_MAX_CHARS = 320
 
 
-async def notify(
-    session: AsyncSession,
-    settings: Settings,
-    user: User,
-    *,
-    kind: str,
-    data: Mapping[str, Any],
-    dedupe_key: str,
-    event_id: int | None = None,
-) -> Notification | None:
-    """Create the in-app notification and queue its e-mail and SMS copies; None if ``dedupe_key`` exists
-    (one statement: the insert skips a duplicate and hands back the new row)."""
+@dataclass(frozen=True)
+class Notice:
+    """One in-app notification to create; ``dedupe_key`` makes it once per person per cause."""
+
+    user: User
+    kind: str
+    data: Mapping[str, Any]
+    dedupe_key: str
+    event_id: int | None = None
+
+
+def _notification_row(settings: Settings, notice: Notice) -> dict[str, Any]:
+    user = notice.user
     locale = user.locale if user.locale in LOCALES else DEFAULT_LOCALE
-    title, body = render_message(kind, data, locale)
-    wants_sms = kind in SMS_KINDS and bool(user.phone) and user.phone_verified_at is not None
-    notification: Notification | None = (
+    title, body = render_message(notice.kind, notice.data, locale)
+    wants_sms = notice.kind in SMS_KINDS and bool(user.phone) and user.phone_verified_at is not None
+    return {
+        "id": new_id("ntf"),
+        "user_id": user.id,
+        "kind": notice.kind,
+        "title": title[:300],
+        "body": body,
+        "data": dict(notice.data),
+        "event_id": notice.event_id,
+        "dedupe_key": notice.dedupe_key,
+        "locale": locale,
+        "email_status": ChannelStatus.pending if user.email and settings.smtp_host else ChannelStatus.skipped,
+        "sms_status": ChannelStatus.pending if wants_sms else ChannelStatus.skipped,
+        "created_at": clock.now(),
+    }
+
+
+async def notify_all(
+    session: AsyncSession, settings: Settings, notices: Sequence[Notice]
+) -> list[Notification]:
+    """Create the in-app notifications and queue their e-mail and SMS copies, in the order given; a notice
+    whose ``dedupe_key`` exists is skipped (one statement: the insert skips duplicates and hands back the
+    new rows)."""
+    if not notices:
+        return []
+    inserted = (
         await session.scalars(
             select(Notification).from_statement(
                 upsert(session, Notification)
-                .values(
-                    id=new_id("ntf"),
-                    user_id=user.id,
-                    kind=kind,
-                    title=title[:300],
-                    body=body,
-                    data=dict(data),
-                    event_id=event_id,
-                    dedupe_key=dedupe_key,
-                    locale=locale,
-                    email_status=(
-                        ChannelStatus.pending if user.email and settings.smtp_host else ChannelStatus.skipped
-                    ),
-                    sms_status=ChannelStatus.pending if wants_sms else ChannelStatus.skipped,
-                    created_at=clock.now(),
-                )
+                .values([_notification_row(settings, notice) for notice in notices])
                 .on_conflict_do_nothing(index_elements=["dedupe_key"])
                 .returning(Notification)
             )
         )
-    ).one_or_none()
-    if notification is None:
-        return None
-    if notification.email_status == ChannelStatus.pending:
-        await enqueue(
-            session, EMAIL_JOB, {"notification_id": notification.id}, max_attempts=EMAIL_MAX_ATTEMPTS
-        )
-    if notification.sms_status == ChannelStatus.pending:
-        await enqueue(session, SMS_JOB, {"notification_id": notification.id}, max_attempts=SMS_MAX_ATTEMPTS)
-    return notification
+    ).all()
+    order = {notice.dedupe_key: position for position, notice in enumerate(notices)}
+    created = sorted(inserted, key=lambda notification: order[notification.dedupe_key])
+    for notification in created:
+        if notification.email_status == ChannelStatus.pending:
+            await enqueue(
+                session, EMAIL_JOB, {"notification_id": notification.id}, max_attempts=EMAIL_MAX_ATTEMPTS
+            )
+        if notification.sms_status == ChannelStatus.pending:
+            await enqueue(
+                session, SMS_JOB, {"notification_id": notification.id}, max_attempts=SMS_MAX_ATTEMPTS
+            )
+    return created
 
 
-async def notify_for_event(session: AsyncSession, settings: Settings, event: Event) -> list[Notification]:
-    recipients = parties_of(event.data)
-    if event.type in ADMIN_EVENTS:
-        recipients.update(await active_admin_ids(session))
-    if not recipients:
+async def notify_for_events(
+    session: AsyncSession, settings: Settings, events: Sequence[Event]
+) -> list[Notification]:
+    """The notifications of ``events``: one per person each concerns (users read once for all of them)."""
+    recipients_of = {event.id: parties_of(event.data) for event in events}
+    if any(event.type in ADMIN_EVENTS for event in events):
+        admins = await active_admin_ids(session)
+        for event in events:
+            if event.type in ADMIN_EVENTS:
+                recipients_of[event.id].update(admins)
+    everyone = set().union(*recipients_of.values())
+    if not everyone:
         return []
     users = (
-        (await session.execute(select(User).where(User.id.in_(recipients)).order_by(User.id))).scalars().all()
+        (await session.execute(select(User).where(User.id.in_(everyone)).order_by(User.id))).scalars().all()
     )
-    created = []
-    for user in users:
-        notification = await notify(
-            session,
-            settings,
-            user,
-            kind=event.type,
-            data=event.data,
-            dedupe_key=f"{event.public_id}:{user.id}",
-            event_id=event.id,
-        )
-        if notification is not None:
-            created.append(notification)
-    log.info("event_notified", event_id=event.public_id, type=event.type, recipients=len(created))
-    return created
+    notices = [
+        Notice(user, event.type, event.data, f"{event.public_id}:{user.id}", event.id)
+        for event in events
+        for user in users
+        if user.id in recipients_of[event.id]
+    ]
+    return await notify_all(session, settings, notices)
 
 
 # --- the caller's inbox ------------------------------------------------------------------------------------
@@ -337,13 +350,10 @@ async def send_reminders(session: AsyncSession, settings: Settings, *, batch: in
                 "status": escrow.status,
                 "deadline": deadline.isoformat(),
             }
-            created = await notify(
+            created = await notify_all(
                 session,
                 settings,
-                buyer,
-                kind=kind,
-                data=data,
-                dedupe_key=f"{kind}:{escrow.id}:{deadline.isoformat()}:{buyer.id}",
+                [Notice(buyer, kind, data, f"{kind}:{escrow.id}:{deadline.isoformat()}:{buyer.id}")],
             )
-            sent += created is not None
+            sent += len(created)
     return sent

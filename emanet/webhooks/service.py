@@ -308,9 +308,9 @@ def subscribed(patterns: Sequence[str], event_type: str) -> bool:
     )
 
 
-async def fan_out(session: AsyncSession, event: Event) -> list[WebhookDelivery]:
-    """Create the deliveries of ``event`` (idempotent: an existing (endpoint, event) delivery is kept)."""
-    parties = parties_of(event.data)
+async def fan_out(session: AsyncSession, events: Sequence[Event]) -> list[WebhookDelivery]:
+    """Create the deliveries of ``events``, in their order (idempotent: an existing (endpoint, event)
+    delivery is kept). The subscribed endpoints are read once for all of them."""
     candidates = (
         await session.execute(
             select(WebhookEndpoint.id, WebhookEndpoint.owner_id, WebhookEndpoint.event_types, User.role)
@@ -318,66 +318,82 @@ async def fan_out(session: AsyncSession, event: Event) -> list[WebhookDelivery]:
             .where(WebhookEndpoint.status == EndpointStatus.enabled, WebhookEndpoint.deleted_at.is_(None))
         )
     ).all()
-    targets = sorted(
-        row.id
-        for row in candidates
-        if subscribed(row.event_types, event.type) and (row.role == Role.admin or row.owner_id in parties)
-    )
+    if not candidates:
+        return []
+    targets_of: dict[int, list[str]] = {}
+    for event in events:
+        parties = parties_of(event.data)
+        targets_of[event.id] = sorted(
+            row.id
+            for row in candidates
+            if subscribed(row.event_types, event.type) and (row.role == Role.admin or row.owner_id in parties)
+        )
+    targets = sorted({target for ids in targets_of.values() for target in ids})
     if not targets:
         return []
     # Lock in id order (no deadlocks between concurrent fan-outs); see the module docstring.
-    endpoints = (
-        (
+    endpoints = {
+        endpoint.id: endpoint
+        for endpoint in (
             await session.execute(
                 select(WebhookEndpoint)
                 .where(WebhookEndpoint.id.in_(targets))
                 .order_by(WebhookEndpoint.id)
                 .with_for_update()
             )
-        )
-        .scalars()
-        .all()
-    )
+        ).scalars()
+    }
     created: list[WebhookDelivery] = []
-    for endpoint in endpoints:
-        if endpoint.status != EndpointStatus.enabled:
-            continue
-        exists = (
-            await session.execute(
-                select(WebhookDelivery.id).where(
-                    WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.event_id == event.id
-                )
-            )
-        ).first()
-        if exists:
-            continue
-        waiting_on = (
-            await session.execute(
-                select(WebhookDelivery.id)
-                .where(
-                    WebhookDelivery.endpoint_id == endpoint.id,
-                    WebhookDelivery.object_id == event.object_id,
-                    WebhookDelivery.event_id < event.id,
-                    WebhookDelivery.status.in_(UNFINISHED),
-                )
-                .limit(1)
-            )
-        ).first()
-        delivery = WebhookDelivery(
-            endpoint_id=endpoint.id,
-            event_id=event.id,
-            event_public_id=event.public_id,
-            event_type=event.type,
-            object_id=event.object_id,
-            status=DeliveryStatus.blocked if waiting_on else DeliveryStatus.pending,
-            next_attempt_at=None if waiting_on else clock.now(),
-        )
-        session.add(delivery)
-        await session.flush()
-        if not waiting_on:
-            await _schedule(session, delivery)
-        created.append(delivery)
+    for event in events:
+        for endpoint_id in targets_of[event.id]:
+            endpoint = endpoints.get(endpoint_id)
+            if endpoint is None or endpoint.status != EndpointStatus.enabled:
+                continue
+            delivery = await _add_delivery(session, endpoint, event)
+            if delivery is not None:
+                created.append(delivery)
     return created
+
+
+async def _add_delivery(
+    session: AsyncSession, endpoint: WebhookEndpoint, event: Event
+) -> WebhookDelivery | None:
+    """The delivery of ``event`` to ``endpoint`` (whose row the caller has locked); None if it exists."""
+    exists = (
+        await session.execute(
+            select(WebhookDelivery.id).where(
+                WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.event_id == event.id
+            )
+        )
+    ).first()
+    if exists:
+        return None
+    waiting_on = (
+        await session.execute(
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.endpoint_id == endpoint.id,
+                WebhookDelivery.object_id == event.object_id,
+                WebhookDelivery.event_id < event.id,
+                WebhookDelivery.status.in_(UNFINISHED),
+            )
+            .limit(1)
+        )
+    ).first()
+    delivery = WebhookDelivery(
+        endpoint_id=endpoint.id,
+        event_id=event.id,
+        event_public_id=event.public_id,
+        event_type=event.type,
+        object_id=event.object_id,
+        status=DeliveryStatus.blocked if waiting_on else DeliveryStatus.pending,
+        next_attempt_at=None if waiting_on else clock.now(),
+    )
+    session.add(delivery)
+    await session.flush()
+    if not waiting_on:
+        await _schedule(session, delivery)
+    return delivery
 
 
 async def _release_next(session: AsyncSession, delivery: WebhookDelivery) -> None:

@@ -23,6 +23,7 @@ from emanet.core.outbox import emit_event
 from emanet.core.settings import Settings
 from emanet.core.tasks import JobContext
 from emanet.core.worker import Worker
+from emanet.notifications.models import EventDispatch, Notification
 from emanet.notifications.tasks import dispatch_event
 from emanet.users.models import Role, User
 from emanet.webhooks.models import WebhookDelivery
@@ -260,6 +261,57 @@ async def test_events_dispatched_out_of_order_are_still_delivered_in_order(
     await run_jobs()
     assert dict(receiver.applied) == {"esc_ooo": ["escrow.created", "escrow.funded"]}
     assert len(receiver.requests) == 2  # the first event's own dispatch job found it done already
+
+
+async def test_a_batch_of_dispatch_jobs_fans_out_each_object_in_order_and_nothing_unnamed(
+    client: httpx.AsyncClient, factory: Factory, database: Database, settings: Settings
+) -> None:
+    seller = await factory.user()
+    await _endpoint(client, seller, "https://hooks.example.com/in", ["escrow.*"])
+    for event_type, object_id in [
+        ("escrow.created", "esc_a"),
+        ("escrow.created", "esc_b"),
+        ("escrow.funded", "esc_a"),
+        ("escrow.funded", "esc_b"),
+    ]:
+        await _emit(database, event_type, object_id, seller_id=seller.id)
+    async with database.transaction() as session:
+        ids = {
+            (row.object_id, row.type): row.id
+            for row in await session.execute(select(Event.id, Event.object_id, Event.type))
+        }
+    # One batch names esc_a's second event (its first is still waiting) and esc_b's first (its second is
+    # newer than anything the batch names, so its own job will fan it out).
+    named = [ids["esc_a", "escrow.funded"], ids["esc_b", "escrow.created"]]
+    await dispatch_event(
+        JobContext(
+            database=database,
+            settings=settings,
+            payload={"event_id": named[0], "object_id": "esc_a"},
+            payloads=[
+                {"event_id": named[0], "object_id": "esc_a"},
+                {"event_id": named[1]},  # queued before jobs carried the object id
+            ],
+        )
+    )
+    async with database.transaction() as session:
+        in_event_order = select(WebhookDelivery).order_by(WebhookDelivery.event_id)
+        deliveries = [(d.object_id, d.event_type, d.status) for d in (await session.scalars(in_event_order))]
+        dispatched = set((await session.execute(select(EventDispatch.event_id))).scalars())
+        notified = sorted(
+            (n.data["id"], n.kind)
+            for n in (await session.execute(select(Notification).where(Notification.user_id == seller.id)))
+            .scalars()
+            .all()
+        )
+    assert deliveries == [
+        ("esc_a", "escrow.created", "pending"),
+        ("esc_b", "escrow.created", "pending"),
+        ("esc_a", "escrow.funded", "blocked"),
+    ]
+    expected = [("esc_a", "escrow.created"), ("esc_a", "escrow.funded"), ("esc_b", "escrow.created")]
+    assert dispatched == {ids[key] for key in expected}
+    assert notified == [("esc_a", "escrow.created"), ("esc_a", "escrow.funded"), ("esc_b", "escrow.created")]
 
 
 async def test_payload_is_the_full_object_and_headers_follow_standard_webhooks(

@@ -347,3 +347,79 @@ async def test_a_worker_that_lost_the_lease_leaves_no_effect(database: Database,
     taken = await _job(database, job_id)
     assert (taken.status, taken.locked_by) == ("running", "someone-else")
     assert await _effects(database, job_id) == []
+
+
+BATCH_CALLS: list[list[int]] = []
+
+
+@job("test.worker.batched", batch=3)
+async def _batched(ctx: JobContext) -> None:
+    BATCH_CALLS.append([payload["n"] for payload in ctx.payloads])
+    if any(payload.get("poison") for payload in ctx.payloads):
+        raise RuntimeError("poison")
+    async with ctx.transaction() as session:
+        for payload in ctx.payloads:
+            await enqueue(session, "test.worker.record", {"effect_of_n": payload["n"]})
+
+
+async def _batched_jobs(database: Database, count: int, poison: int | None = None) -> list[int]:
+    return [
+        await _enqueue(database, "test.worker.batched", {"n": n, "poison": n == poison}) for n in range(count)
+    ]
+
+
+async def _effects_by_n(database: Database) -> list[int]:
+    async with database.transaction() as session:
+        jobs = (await session.execute(select(Job).where(Job.kind == "test.worker.record"))).scalars().all()
+    return sorted(j.payload["effect_of_n"] for j in jobs if "effect_of_n" in j.payload)
+
+
+@pytest.fixture
+def _reset_batches() -> None:
+    BATCH_CALLS.clear()
+
+
+@pytest.mark.usefixtures("_reset_batches")
+async def test_jobs_of_a_batched_kind_run_together_in_one_transaction(
+    database: Database, settings: Settings
+) -> None:
+    single = await _enqueue(database, "test.worker.record", {"n": "alone"})
+    ids = await _batched_jobs(database, 7)
+    # One slot: each claim brings one job; a batched one is topped up with more of its kind.
+    ran = await Worker(database, settings, concurrency=1, name="w1").run_until_idle()
+    assert ran == 1 + 7 + 7  # the single job, the batched ones, and the record job each of them queued
+    assert BATCH_CALLS == [[0, 1, 2], [3, 4, 5], [6]]
+    for job_id in [single, *ids]:
+        done = await _job(database, job_id)
+        assert (done.status, done.attempts, done.locked_by) == ("done", 1, None)
+    assert await _effects_by_n(database) == list(range(7))
+
+
+@pytest.mark.usefixtures("_reset_batches")
+async def test_a_failing_batch_runs_its_jobs_one_by_one(
+    database: Database, settings: Settings, clock: clock_module.FrozenClock
+) -> None:
+    ids = await _batched_jobs(database, 3, poison=1)
+    worker = Worker(database, settings, concurrency=1, name="w1")
+    assert await worker.run_until_idle() == 3 + 2
+    assert BATCH_CALLS == [[0, 1, 2], [0], [1], [2]]
+    statuses = [(j.status, j.attempts, j.last_error) for j in [await _job(database, i) for i in ids]]
+    assert statuses == [("done", 1, None), ("pending", 1, "RuntimeError: poison"), ("done", 1, None)]
+    assert await _effects_by_n(database) == [0, 2]  # the failed batch left nothing behind
+
+
+@pytest.mark.usefixtures("_reset_batches")
+async def test_a_batch_with_a_lost_lease_changes_nothing_and_its_jobs_go_one_by_one(
+    database: Database, settings: Settings
+) -> None:
+    ids = await _batched_jobs(database, 3)
+    worker = Worker(database, settings, concurrency=1, name="w1")
+    [group] = await worker.claim_groups(1)
+    assert [job.id for job in group] == ids
+    async with database.transaction() as session:  # another worker took job 1 over (this lease expired)
+        await session.execute(update(Job).where(Job.id == ids[1]).values(locked_by="someone-else"))
+    await worker.execute_group(group)
+    assert BATCH_CALLS == [[0, 1, 2], [0], [1], [2]]
+    statuses = [(j.status, j.locked_by) for j in [await _job(database, i) for i in ids]]
+    assert statuses == [("done", None), ("running", "someone-else"), ("done", None)]
+    assert await _effects_by_n(database) == [0, 2]
