@@ -2,7 +2,8 @@
 
 ``py-spy record --format raw`` writes collapsed stacks (``frame;frame;frame count``). The summary gives,
 for the sampled process: the share of samples whose stack passes through each layer (our code, the ORM,
-the driver, FastAPI/pydantic, logging …) and the functions with the most samples of their own (self time).
+the driver, FastAPI/pydantic, logging …), the functions with the most samples of their own (self time),
+and our functions with the most samples under them (inclusive).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def summarize(folded: str, top: int = 15) -> dict[str, Any]:
     total = 0
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    ours: Counter[str] = Counter()  # our functions, inclusive: which of our steps the time is spent under
     for line in folded.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -90,10 +92,17 @@ def summarize(folded: str, top: int = 15) -> dict[str, Any]:
         for layer in {layer for f in frames if (layer := _layer(f))}:
             inclusive[layer] += count
         own[_short(frames[-1])] += count
+        for function in {_short(f) for f in frames if "emanet/" in f and "emanet/cli.py" not in f}:
+            ours[function] += count
     if not total:
-        return {"samples": 0, "layers": [], "self": []}
+        return {"samples": 0, "layers": [], "self": [], "ours": []}
+
+    def shares(counter: Counter[str], key: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return [{key: name, "pct": round(100 * n / total, 1)} for name, n in counter.most_common(limit)]
+
     return {
         "samples": total,
-        "layers": [{"layer": name, "pct": round(100 * n / total, 1)} for name, n in inclusive.most_common()],
-        "self": [{"function": name, "pct": round(100 * n / total, 1)} for name, n in own.most_common(top)],
+        "layers": shares(inclusive, "layer"),
+        "self": shares(own, "function", top),
+        "ours": shares(ours, "function", top),
     }

@@ -212,7 +212,7 @@ def cost_per_step(r: dict[str, Any]) -> list[str]:
     )
     line += (
         " On two cores the Python processes' CPU per step bounds the throughput; the statement counts and "
-        "the profile below show what it is spent on."
+        "the profiles below show what it is spent on."
     )
     return [line, ""]
 
@@ -638,8 +638,8 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             "",
         ]
     trips = r.get("roundtrips", {})
-    prof = r.get("profile", {})
-    if trips or prof.get("samples"):
+    profiles = {name: p for name, p in r.get("profile", {}).items() if p.get("samples")}
+    if trips or profiles:
         out += ["## 6. Where the time goes", "", *cost_per_step(r)]
     if trips:
         out += [
@@ -662,14 +662,23 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             ),
             "",
         ]
-    if prof.get("samples"):
+    sampled = {
+        "server": f"one of the {plan.get('server_workers')} server processes",
+        "worker": "the worker (`emanet worker`)",
+    }
+    for name, prof in profiles.items():
         out += [
-            f"py-spy sampled one of the {plan.get('server_workers')} server processes during a separate "
-            f"{prof.get('clients')}-client lifecycle run ({prof['samples']:,} samples, idle time excluded). "
-            "Share of samples whose stack passes through each layer (a sample counts once per layer, so the "
-            "column does not add up to 100 %):",
+            f"py-spy sampled {sampled.get(name, name)} during a separate {prof.get('clients')}-client "
+            f"lifecycle run ({prof['samples']:,} samples, idle time excluded). Share of samples whose stack "
+            "passes through each layer, and through each of our functions (a sample counts once per layer or "
+            "function, so the columns do not add up to 100 %):",
             "",
             table(["layer", "% of samples"], [[x["layer"], fmt(x["pct"], 1)] for x in prof["layers"]]),
+            "",
+            table(
+                ["our function", "% of samples"],
+                [[f"`{x['function']}`", fmt(x["pct"], 1)] for x in prof["ours"]],
+            ),
             "",
             "Functions with the most samples of their own (self time):",
             "",
@@ -700,7 +709,7 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
         "",
         "The run creates its own databases (`emanet_bench_*`) and drops them at the end, starts and stops its "
         "own server processes, installs django-hordak into `bench/.hordak-venv` on first use, and keeps its "
-        "raw results and logs in `bench/results/<plan>/` (`results.json`, the py-spy profile, server logs). "
+        "raw results and logs in `bench/results/<plan>/` (`results.json`, the py-spy profiles, server logs). "
         "`python -m bench.report bench/results/full/results.json docs/benchmarks.md docs/benchmarks` "
         "re-renders this page from them.",
         "",

@@ -592,25 +592,34 @@ def main() -> None:
 def profile_run(
     stack: Stack, plan: Plan, workdir: Path, people: dict[str, Any], keys: Secrets
 ) -> dict[str, Any]:
-    """A separate lifecycle run while py-spy samples one server process (not counted in the figures)."""
-    pid = stack.server_worker_pids()[0]
-    output = workdir / "profile-server.txt"
+    """A separate lifecycle run while py-spy samples one server process and the worker (not counted in the
+    figures); returns a summary per process."""
+    targets = {"server": stack.server_worker_pids()[0], "worker": stack.worker_pid()}
     clients = max(plan.lifecycle_clients)
-    holder: dict[str, Any] = {}
-    sampler = threading.Thread(
-        target=lambda: holder.update(ok=profile.record(pid, plan.profile_seconds, output))
-    )
-    sampler.start()
+    recorded: dict[str, bool] = {}
+    samplers = [
+        threading.Thread(
+            target=lambda name=name, pid=pid: recorded.update(
+                {name: profile.record(pid, plan.profile_seconds, workdir / f"profile-{name}.txt")}
+            )
+        )
+        for name, pid in targets.items()
+    ]
+    for sampler in samplers:
+        sampler.start()
     lifecycle(
         stack, plan, workdir, people, keys, clients, plan.profile_seconds + plan.warmup_seconds, "profiled"
     )
-    sampler.join()
-    if not holder.get("ok"):
-        say("py-spy could not sample the server process (no ptrace permission?): no profile")
-        return {"samples": 0, "layers": [], "self": []}
-    summary = profile.summarize(output.read_text())
-    summary["clients"] = clients
-    return summary
+    for sampler in samplers:
+        sampler.join()
+    summaries: dict[str, Any] = {}
+    for name in targets:
+        if not recorded.get(name):
+            say(f"py-spy could not sample the {name} process (no ptrace permission?): no profile")
+            continue
+        summaries[name] = profile.summarize((workdir / f"profile-{name}.txt").read_text())
+        summaries[name]["clients"] = clients
+    return summaries
 
 
 if __name__ == "__main__":

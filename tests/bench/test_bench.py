@@ -83,6 +83,10 @@ def test_profile_summary_by_layer_and_self_time() -> None:
         and layers["SQLAlchemy ORM"] == 30.0
     )
     assert summary["self"][0] == {"function": "execute (asyncpg/connection.py)", "pct": 60.0}
+    assert summary["ours"] == [
+        {"function": "post_entry (ledger/service.py)", "pct": 60.0},
+        {"function": "handler (escrow/router.py)", "pct": 30.0},
+    ]
 
 
 def _lifecycle_server(httpserver: HTTPServer, calls: dict[str, int]) -> None:
@@ -211,7 +215,16 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
         "lifecycle": {"8": run},
         "ledger": {"single": ledger, "batch": ledger},
         "hordak": {"single": {**ledger, "entries_per_second": 100.0}},
-        "profile": {"samples": 0},
+        "profile": {
+            "server": {
+                "samples": 200,
+                "clients": 32,
+                "layers": [{"layer": "asyncpg driver", "pct": 40.0}],
+                "ours": [{"function": "post_entry (ledger/service.py)", "pct": 12.5}],
+                "self": [{"function": "execute (asyncpg/connection.py)", "pct": 30.0}],
+            },
+            "worker": {"samples": 0},
+        },
         "scale": {
             "sizes": {
                 "10000": {"load": {"load_and_vacuum_s": 1.0}, "lifecycle": run},
@@ -232,6 +245,9 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert "| throughput with 1,000,000 escrows ≥ 0.9× with 10,000 | 0.90× | **met** |" in text  # noqa: RUF001
     assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
     assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
+    assert "py-spy sampled one of the 2 server processes during a separate 32-client" in text
+    assert "| `post_entry (ledger/service.py)` | 12.5 |" in text
+    assert "py-spy sampled the worker" not in text  # no samples, no section
     if _has_matplotlib():
         assert {p.name for p in (tmp_path / "plots").iterdir()} == {
             "throughput.png",
