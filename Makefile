@@ -42,8 +42,9 @@ test: $(STAMP) ## Run the whole test suite (PostgreSQL + Redis, then the core on
 test-postgres: $(STAMP) ## Run every test against PostgreSQL and Redis on 127.0.0.1
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
-test-sqlite: $(STAMP) ## Run the core suite on SQLite (the embedded default)
-	EMANET_TEST_DB=sqlite $(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not postgres_only" tests/core
+test-sqlite: $(STAMP) ## Run the core, worker, notification and webhook suites on SQLite (the embedded default)
+	EMANET_TEST_DB=sqlite $(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not postgres_only" \
+		tests/core tests/worker tests/notifications tests/webhooks
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check emanet tests

@@ -14,10 +14,14 @@ are at-least-once: their effects are made exactly-once by ledger references, sta
 keys. Periodic sweeps are enqueued by every worker with ``dedupe_key="periodic:{kind}:{time bucket}"``,
 so however many workers run, each bucket's sweep exists once.
 
-Batches: jobs of a kind registered with ``@job(kind, batch=n)`` that are claimed together run as one
-handler call in one slot; when the first claim brings such jobs and was full (more are probably due), a
-second claim tops the batch up with jobs of that kind only. A batch that fails or loses a lease is rolled
-back and its jobs run one by one, each with its own retries.
+Batches: first attempts of a kind registered with ``@job(kind, batch=n)`` that are claimed together run
+as one handler call in one slot; when the first claim brings such jobs and was full (more are probably
+due), a second claim tops the batch up with jobs of that kind only. A batch that fails or loses a lease is
+rolled back and its jobs run one by one, each with its own retries; a retried job runs alone, so a job that
+keeps failing does not drag batches down with it.
+
+Rows of the jobs table are locked in id order by every statement that changes several of them (batch
+completion, lease renewal), so a worker's own statements never deadlock each other.
 """
 
 from __future__ import annotations
@@ -116,6 +120,12 @@ async def enqueue_once(
     return bool(getattr(result, "rowcount", 0))
 
 
+def _in_id_order(condition: Any) -> Any:
+    """The ids of the jobs matching ``condition``, their rows locked in id order (``FOR UPDATE`` is left
+    out on SQLite, whose writers hold the whole database)."""
+    return select(Job.id).where(condition).order_by(Job.id).with_for_update().scalar_subquery()
+
+
 def _done() -> dict[str, Any]:
     return {"status": DONE, "finished_at": clock.now(), "last_error": None}
 
@@ -208,14 +218,22 @@ class Worker:
         claimed = await self.claim(limit)
         groups: list[list[ClaimedJob]] = []
         batches: dict[str, list[ClaimedJob]] = {}
-        for job in claimed:
-            if job.kind in BATCH_SIZES and job.attempt <= job.max_attempts:
-                batches.setdefault(job.kind, []).append(job)
-            else:
-                groups.append([job])
+
+        def place(jobs: list[ClaimedJob]) -> None:
+            for job in jobs:
+                if job.kind in BATCH_SIZES and job.attempt == 1:
+                    batches.setdefault(job.kind, []).append(job)
+                else:
+                    groups.append([job])
+
+        place(claimed)
+        if len(claimed) == limit:
+            for kind, jobs in list(batches.items()):
+                try:
+                    place(await self.claim(BATCH_SIZES[kind] - len(jobs), kind=kind))
+                except Exception:  # what the first claim brought is leased to us: run it rather than drop it
+                    log.exception("worker_top_up_failed", worker=self.name, kind=kind)
         for kind, jobs in batches.items():
-            if len(claimed) == limit:
-                jobs += await self.claim(BATCH_SIZES[kind] - len(jobs), kind=kind)
             size = BATCH_SIZES[kind]
             groups.extend(jobs[start : start + size] for start in range(0, len(jobs), size))
         return groups
@@ -250,13 +268,14 @@ class Worker:
 
     async def _finish_all_in(self, session: AsyncSession, jobs: list[ClaimedJob]) -> bool:
         """Mark a batch done in the handler's transaction; False unless this worker holds every lease."""
+        held = and_(
+            tuple_(Job.id, Job.attempts).in_([(job.id, job.attempt) for job in jobs]),
+            Job.status == RUNNING,
+            Job.locked_by == self.name,
+        )
         result = await session.execute(
             update(Job)
-            .where(
-                tuple_(Job.id, Job.attempts).in_([(job.id, job.attempt) for job in jobs]),
-                Job.status == RUNNING,
-                Job.locked_by == self.name,
-            )
+            .where(Job.id.in_(_in_id_order(held)))
             .values(locked_by=None, locked_until=None, **_done())
             .execution_options(synchronize_session=False)
         )
@@ -364,17 +383,29 @@ class Worker:
             async with asyncio.timeout(self.settings.worker_job_timeout_seconds):
                 await HANDLERS[first.kind](context)
         except asyncio.CancelledError:
-            for job in jobs:
-                await self._release(job)
+            if not context.finished:
+                for job in jobs:
+                    await self._release(job)
             raise
         except Exception as exc:
-            log.warning("job_batch_failed", kind=first.kind, jobs=len(jobs), error=_error_text(exc))
-            for job in jobs:
-                await self.execute(job)
-            return
+            if context.finished:  # it failed after its work committed: the jobs are done
+                log.exception("job_batch_failed_after_commit", kind=first.kind, jobs=len(jobs))
+            else:
+                log.warning("job_batch_failed", kind=first.kind, jobs=len(jobs), error=_error_text(exc))
+                await self._one_by_one(jobs)
+                return
         seconds = time.perf_counter() - started
         for job in jobs:
             await self._complete(job, seconds, settled=context.finished)
+
+    async def _one_by_one(self, jobs: list[ClaimedJob]) -> None:
+        for position, job in enumerate(jobs):
+            try:
+                await self.execute(job)
+            except asyncio.CancelledError:  # shutdown: ``execute`` gave its own job back; the rest follow
+                for waiting in jobs[position + 1 :]:
+                    await self._release(waiting)
+                raise
 
     async def schedule_periodic(self) -> int:
         """Enqueue each periodic sweep once per time bucket (shared by all workers); returns how many new."""
@@ -439,7 +470,7 @@ class Worker:
                     continue
                 for jobs in groups:
                     self._start(jobs)
-                if free == 0 or len(groups) < free:
+                if free == 0 or sum(len(jobs) for jobs in groups) < free:
                     await self._pause(self.settings.worker_poll_seconds)
         finally:
             await self._drain()
@@ -487,9 +518,10 @@ class Worker:
                 continue
             try:
                 async with self.database.transaction() as session:
+                    held = and_(Job.id.in_(ids), Job.status == RUNNING, Job.locked_by == self.name)
                     await session.execute(
                         update(Job)
-                        .where(Job.id.in_(ids), Job.status == RUNNING, Job.locked_by == self.name)
+                        .where(Job.id.in_(_in_id_order(held)))
                         .values(locked_until=clock.now() + self.lease)
                         .execution_options(synchronize_session=False)
                     )

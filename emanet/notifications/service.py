@@ -55,6 +55,8 @@ SMS_KINDS = frozenset(
     }
 )
 SMS_MAX_CHARS = 320
+# 12 bound values a row: well under the 32,767 parameters one statement may carry (asyncpg and SQLite).
+NOTIFICATIONS_PER_INSERT = 1000
 
 
 @dataclass(frozen=True)
@@ -97,16 +99,16 @@ async def notify_all(
     new rows)."""
     if not notices:
         return []
-    inserted = (
-        await session.scalars(
-            select(Notification).from_statement(
-                upsert(session, Notification)
-                .values([_notification_row(settings, notice) for notice in notices])
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(Notification)
-            )
+    rows = [_notification_row(settings, notice) for notice in notices]
+    inserted: list[Notification] = []
+    for start in range(0, len(rows), NOTIFICATIONS_PER_INSERT):
+        statement = (
+            upsert(session, Notification)
+            .values(rows[start : start + NOTIFICATIONS_PER_INSERT])
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(Notification)
         )
-    ).all()
+        inserted += (await session.scalars(select(Notification).from_statement(statement))).all()
     order = {notice.dedupe_key: position for position, notice in enumerate(notices)}
     created = sorted(inserted, key=lambda notification: order[notification.dedupe_key])
     for notification in created:

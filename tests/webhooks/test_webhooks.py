@@ -271,8 +271,8 @@ async def test_a_batch_of_dispatch_jobs_fans_out_each_object_in_order_and_nothin
     for event_type, object_id in [
         ("escrow.created", "esc_a"),
         ("escrow.created", "esc_b"),
-        ("escrow.funded", "esc_a"),
         ("escrow.funded", "esc_b"),
+        ("escrow.funded", "esc_a"),
     ]:
         await _emit(database, event_type, object_id, seller_id=seller.id)
     async with database.transaction() as session:
@@ -280,8 +280,9 @@ async def test_a_batch_of_dispatch_jobs_fans_out_each_object_in_order_and_nothin
             (row.object_id, row.type): row.id
             for row in await session.execute(select(Event.id, Event.object_id, Event.type))
         }
-    # One batch names esc_a's second event (its first is still waiting) and esc_b's first (its second is
-    # newer than anything the batch names, so its own job will fan it out).
+    # One batch names esc_a's second event (its first is still waiting) and esc_b's first: esc_b's second
+    # is older than esc_a's second but newer than anything the batch names for esc_b, so its own job will
+    # fan it out.
     named = [ids["esc_a", "escrow.funded"], ids["esc_b", "escrow.created"]]
     await dispatch_event(
         JobContext(

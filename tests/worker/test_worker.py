@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from datetime import timedelta
 from typing import Any
 
@@ -406,6 +407,13 @@ async def test_a_failing_batch_runs_its_jobs_one_by_one(
     statuses = [(j.status, j.attempts, j.last_error) for j in [await _job(database, i) for i in ids]]
     assert statuses == [("done", 1, None), ("pending", 1, "RuntimeError: poison"), ("done", 1, None)]
     assert await _effects_by_n(database) == [0, 2]  # the failed batch left nothing behind
+    # The retry runs alone (a job that keeps failing drags no batch down); a fresh job still batches.
+    BATCH_CALLS.clear()
+    fresh = await _enqueue(database, "test.worker.batched", {"n": 3})
+    clock.advance(days=1)
+    assert await worker.run_until_idle() == 2 + 1
+    assert BATCH_CALLS == [[1], [3]]
+    assert ((await _job(database, ids[1])).attempts, (await _job(database, fresh)).status) == (2, "done")
 
 
 @pytest.mark.usefixtures("_reset_batches")
@@ -423,3 +431,71 @@ async def test_a_batch_with_a_lost_lease_changes_nothing_and_its_jobs_go_one_by_
     statuses = [(j.status, j.locked_by) for j in [await _job(database, i) for i in ids]]
     assert statuses == [("done", None), ("running", "someone-else"), ("done", None)]
     assert await _effects_by_n(database) == [0, 2]
+
+
+@job("test.worker.batched_waits", batch=3)
+async def _batched_waits(ctx: JobContext) -> None:
+    BATCH_CALLS.append([payload["n"] for payload in ctx.payloads])
+    if len(ctx.payloads) > 1 and any(payload.get("poison") for payload in ctx.payloads):
+        raise RuntimeError("poison")
+    await GATE["release"].wait()
+    async with ctx.transaction() as session:
+        for payload in ctx.payloads:
+            await enqueue(session, "test.worker.record", {"effect_of_n": payload["n"]})
+
+
+async def _until(check: Any, seconds: float = 10) -> None:
+    """Wait until ``check()`` (a value or an awaitable) is true."""
+    for _ in range(int(seconds / 0.02)):
+        outcome = check()
+        if await outcome if inspect.isawaitable(outcome) else outcome:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.usefixtures("_reset_batches")
+async def test_the_worker_loop_renews_a_running_batchs_leases_and_settles_it(
+    database: Database, settings: Settings, clock: clock_module.FrozenClock
+) -> None:
+    ids = [await _enqueue(database, "test.worker.batched_waits", {"n": n}) for n in range(3)]
+    quick = settings.model_copy(update={"worker_poll_seconds": 0.02, "worker_lease_seconds": 0.6})
+    worker = Worker(database, quick, concurrency=2, name="looping")
+    running = asyncio.create_task(worker.run())
+    await _until(lambda: BATCH_CALLS)
+    claimed_until = [(await _job(database, i)).locked_until for i in ids]
+    clock.advance(hours=1)
+
+    async def renewed() -> bool:
+        now_until = [(await _job(database, i)).locked_until for i in ids]
+        return now_until == [until + timedelta(hours=1) for until in claimed_until]
+
+    await _until(renewed)  # the heartbeat renewed every job of the batch
+    GATE["release"].set()
+
+    async def settled() -> bool:
+        return [(await _job(database, i)).status for i in ids] == ["done"] * 3
+
+    await _until(settled)
+    worker.request_stop()
+    await asyncio.wait_for(running, timeout=5)
+    assert BATCH_CALLS == [[0, 1, 2]]
+    assert await _effects_by_n(database) == [0, 1, 2]
+
+
+@pytest.mark.usefixtures("_reset_batches")
+async def test_stopping_during_a_failed_batchs_one_by_one_run_gives_every_job_back(
+    database: Database, settings: Settings
+) -> None:
+    ids = [
+        await _enqueue(database, "test.worker.batched_waits", {"n": n, "poison": n == 0}) for n in range(3)
+    ]
+    worker = Worker(database, settings, concurrency=1, name="w1")
+    [group] = await worker.claim_groups(1)
+    one_by_one = asyncio.create_task(worker.execute_group(group))
+    await _until(lambda: BATCH_CALLS == [[0, 1, 2], [0]])  # the first job runs alone and waits
+    one_by_one.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await one_by_one
+    given_back = [(j.status, j.attempts, j.locked_by) for j in [await _job(database, i) for i in ids]]
+    assert given_back == [("pending", 0, None)] * 3
