@@ -62,18 +62,9 @@ def serve(
     workers: Annotated[int, typer.Option(help="Server processes")] = 1,
 ) -> None:
     """Serve the HTTP API."""
-    import uvicorn
+    from emanet.core.server import serve as run_server
 
-    uvicorn.run(
-        "emanet.main:app",
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        loop="uvloop" if sys.platform != "win32" else "auto",
-        proxy_headers=True,
-    )
+    run_server(host, port, workers)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -98,11 +99,9 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_serve_with_two_workers(sqlite_env: str, tmp_path: Path) -> None:
+def _serve(sqlite_env: str, tmp_path: Path, port: int, *command: str) -> subprocess.Popen[bytes]:
+    """``emanet serve`` (or ``command``) in its own process group, answering on ``port``."""
     assert run("migrate")[0] == 0
-    port = _free_port()
     env = {
         **os.environ,
         "EMANET_DATABASE_URL": sqlite_env,
@@ -111,31 +110,135 @@ def test_serve_with_two_workers(sqlite_env: str, tmp_path: Path) -> None:
     }
     emanet = Path(sys.executable).parent / "emanet"
     server = subprocess.Popen(
-        [str(emanet), "serve", "--port", str(port), "--workers", "2"],
+        list(command) or [str(emanet), "serve", "--port", str(port), "--workers", "2"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    _wait_live(server, port)
+    return server
+
+
+def _wait_live(server: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
+        try:
+            live = httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1)
+            assert live.status_code == 200 and live.json() == {"status": "ok"}
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.3)
+
+
+def _serving(server: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The live processes serving requests (not the supervisor, nor multiprocessing's resource tracker)."""
+    serving = []
+    for child in psutil.Process(server.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+                serving.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return serving
+
+
+def _server_processes(server: subprocess.Popen[bytes], count: int = 2) -> list[psutil.Process]:
+    deadline = time.monotonic() + 60
+    while len(serving := _serving(server)) != count:
+        assert time.monotonic() < deadline, f"{len(serving)} server processes, expected {count}"
+        time.sleep(0.2)
+    return serving
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)  # the supervisor and its workers: our own process group
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
-            try:
-                live = httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.3)
-        assert live.status_code == 200 and live.json() == {"status": "ok"}
+        server.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _listening_inodes(process: psutil.Process, port: int) -> set[str]:
+    fds = {c.fd for c in process.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    return {os.readlink(f"/proc/{process.pid}/fd/{fd}") for fd in fds}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_serve_with_two_workers_spreads_connections_over_both(sqlite_env: str, tmp_path: Path) -> None:
+    port = _free_port()
+    server = _serve(sqlite_env, tmp_path, port)
+    try:
         ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10)
         assert ready.status_code == 200, ready.text
         assert httpx.get(f"http://127.0.0.1:{port}/api/v1/me", timeout=5).status_code == 401
+        processes = _server_processes(server)
+        if sys.platform == "linux":
+            # Each process listens on its own socket (SO_REUSEPORT): the kernel spreads connections.
+            deadline = time.monotonic() + 120  # the first process may answer before the second listens
+            while not all(sockets := [_listening_inodes(process, port) for process in processes]):
+                assert time.monotonic() < deadline, "a server process never listened"
+                time.sleep(0.2)
+            assert all(len(inodes) == 1 for inodes in sockets) and sockets[0] != sockets[1]
+            clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}") for _ in range(16)]
+            try:
+                for client in clients:  # each client keeps its connection open
+                    assert client.get("/health/live").status_code == 200
+                held = [
+                    sum(c.status == "ESTABLISHED" and c.laddr.port == port for c in p.net_connections("tcp"))
+                    for p in processes
+                ]
+            finally:
+                for client in clients:
+                    client.close()
+            assert sum(held) == 16 and min(held) > 0, held
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the supervisor and its two workers: our own process group
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-    assert server.returncode is not None
+        _stop(server)
+    assert server.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(sys.platform != "linux", reason="our supervisor runs on Linux; uvicorn's elsewhere")
+def test_serve_starts_a_server_process_again_when_one_dies(sqlite_env: str, tmp_path: Path) -> None:
+    port = _free_port()
+    # Every process counts as started at once, so a death is a crash to recover from, not a failed start.
+    supervisor = (
+        f"from emanet.core import server; server.STARTUP_SECONDS = 0; server.serve('127.0.0.1', {port}, 2)"
+    )
+    server = _serve(sqlite_env, tmp_path, port, sys.executable, "-c", supervisor)
+    try:
+        first, second = _server_processes(server)
+        first.kill()
+        deadline = time.monotonic() + 120
+        while len(pids := {p.pid for p in _serving(server)}) != 2 or first.pid in pids:
+            assert time.monotonic() < deadline, f"no new server process: {pids}"
+            time.sleep(0.2)
+        assert second.pid in pids
+        _wait_live(server, port)
+    finally:
+        _stop(server)
+    assert server.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(sys.platform != "linux", reason="our supervisor runs on Linux; uvicorn's elsewhere")
+def test_serve_stops_with_an_error_when_a_process_dies_while_starting(
+    sqlite_env: str, tmp_path: Path
+) -> None:
+    server = _serve(sqlite_env, tmp_path, port := _free_port())
+    try:
+        first, second = _server_processes(server)
+        first.kill()  # within a minute of starting: a start that failed, not worth repeating forever
+        assert server.wait(timeout=60) == 1
+        assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1)
+    finally:
+        _stop(server)
