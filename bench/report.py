@@ -445,12 +445,12 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
                 ],
                 [
                     "Emanet",
-                    f"`emanet serve --workers {plan.get('server_workers')}` (uvicorn, uvloop, httptools) + "
+                    f"`emanet serve --workers {plan.get('server_workers')}` (uvicorn, uvloop, httptools; one SO_REUSEPORT listening socket per process) + "
                     "`emanet worker`; EMANET_ENV=production with generated secrets, JSON logs at WARNING, "
                     "EMANET_MIN_HOLD_HOURS=0, EMANET_RATE_LIMIT_ENABLED=false, database pool 20 (+10) per "
                     "process, " + ("Redis on 127.0.0.1" if r.get("redis") else "no Redis (in-process cache)"),
                 ],
-                ["plan", ", ".join(f"{k}={v}" for k, v in plan.items())],
+                ["plan", ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in plan.items())],
             ],
         ),
         "",
