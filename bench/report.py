@@ -644,16 +644,18 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
     if trips:
         out += [
             "SQL statements and commits sent by each step of one lifecycle cycle (counted in-process on the "
-            "second of two cycles, so caches are warm; BEGIN/COMMIT/SAVEPOINT not counted as statements). "
-            "Each statement is a round trip to PostgreSQL; for comparison, a pgbench transaction is 5 "
+            "second of two cycles, so caches are warm; BEGIN/COMMIT/SAVEPOINT not counted as statements), "
+            "and how many of the statements SQLAlchemy compiled again instead of taking from its compiled "
+            "cache. Each statement is a round trip to PostgreSQL; for comparison, a pgbench transaction is 5 "
             "statements and one commit.",
             "",
             table(
-                ["step", "statements", "commits", "statements by kind and table"],
+                ["step", "statements", "compiled again", "commits", "statements by kind and table"],
                 [
                     [
                         f"`{step}`",
                         str(data["statements"]),
+                        str(data.get("compiled", "–")),
                         str(data["commits"]),
                         ", ".join(f"{kind} ×{n}" for kind, n in data["first_words"].items()),
                     ]

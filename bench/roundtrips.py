@@ -24,11 +24,15 @@ _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 class StatementLog:
     def __init__(self) -> None:
         self.statements: list[str] = []
+        self.compiled = 0  # statements SQLAlchemy compiled afresh rather than took from its cache
         self.commits = 0
 
-    def on_statement(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def on_statement(
+        self, _conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, *_: Any
+    ) -> None:
         if not statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
             self.statements.append(" ".join(statement.split()))
+            self.compiled += context.cache_hit != context.dialect.CACHE_HIT
 
     def on_commit(self, _conn: Any) -> None:
         self.commits += 1
@@ -36,10 +40,11 @@ class StatementLog:
     def take(self) -> dict[str, Any]:
         taken = {
             "statements": len(self.statements),
+            "compiled": self.compiled,
             "commits": self.commits,
             "first_words": _first_words(self.statements),
         }
-        self.statements, self.commits = [], 0
+        self.statements, self.compiled, self.commits = [], 0, 0
         return taken
 
 

@@ -239,18 +239,22 @@ def factory(database: Database) -> Factory:
 
 
 class QueryCounter:
-    """The SQL statements sent while the block ran (transaction control excluded)."""
+    """The SQL statements sent while the block ran (transaction control excluded), and those SQLAlchemy
+    compiled afresh instead of taking from its compiled cache."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
+        self.compiled: list[str] = []
 
     @property
     def count(self) -> int:
         return len(self.statements)
 
-    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, *_: Any) -> None:
         if not statement.lstrip().upper().startswith(_TRANSACTION_CONTROL):
             self.statements.append(statement)
+            if context.cache_hit != context.dialect.CACHE_HIT:
+                self.compiled.append(statement)
 
 
 _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")

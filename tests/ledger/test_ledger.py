@@ -333,6 +333,30 @@ async def test_a_batch_posts_every_entry_once_in_one_statement(
     await assert_ledger_invariants(database)
 
 
+@pytest.mark.postgres_only
+async def test_posting_to_new_accounts_is_compiled_once_whatever_their_number(
+    database: Database, count_queries: Any
+) -> None:
+    async with database.transaction() as session:
+        await post_entry(session, "warm", "TRY", [debit(CLEARING, 10), credit("escrow:esc_w", 10)])
+    async with database.transaction() as session:
+        with count_queries() as queries:
+            await post_entry(
+                session,
+                "three new",
+                "TRY",
+                [
+                    debit(CLEARING, 30),
+                    credit("escrow:esc_x", 10),
+                    credit("escrow:esc_y", 10),
+                    credit("escrow:esc_z", 10),
+                ],
+            )
+    assert queries.count == 3  # the entry finds its accounts missing; they are created; the entry again
+    assert queries.compiled == []  # every statement came from SQLAlchemy's compiled cache
+    await assert_ledger_invariants(database)
+
+
 async def test_a_batch_is_refused_whole_when_one_entry_is_wrong(database: Database) -> None:
     with pytest.raises(UnbalancedEntry):
         async with database.transaction() as session:
