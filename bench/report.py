@@ -169,10 +169,19 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def server_split(cpu: dict[str, Any]) -> str:
+    """Each server process's cores: how evenly the kernel spread the clients' connections."""
+    split = cpu.get("server_processes", [])
+    return f" ({' + '.join(f'{p:.2f}' for p in split)} by process)" if len(split) > 1 else ""
+
+
 def cpu_line(run: dict[str, Any]) -> str:
     cpu = run.get("cpu", {})
     cores = cpu.get("cores_used", {})
-    parts = [f"{name} {value:.2f}" for name, value in cores.items()]
+    parts = [
+        f"{name} {value:.2f}{server_split(cpu) if name == 'emanet server' else ''}"
+        for name, value in cores.items()
+    ]
     parts.append(f"load generator {run.get('loadgen_cpu_s', 0) / max(run.get('window_s', 1), 1e-9):.2f}")
     line = (
         f"cores used — {', '.join(parts)}; machine busy {fmt(cpu.get('machine_busy_pct'))} % "
@@ -455,7 +464,10 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
         ),
         "",
         "The machine is shared: the `cores used` lines below show what Emanet, its worker, PostgreSQL and the "
-        "load generator used during each run; `machine busy` above their sum was used by other processes.",
+        "load generator used during each run; `machine busy` above their sum was used by other processes. "
+        "The server's figure is followed by each server process's share: every process listens on its own "
+        "`SO_REUSEPORT` socket and the kernel assigns each client's keep-alive connection by a hash, so with "
+        "8 clients one process can get most of them.",
         "",
         "## 1. Baseline: pgbench",
         "",

@@ -228,10 +228,16 @@ class CpuMeter:
             name: sum(seconds - self.start.get(name, {}).get(pid, 0.0) for pid, seconds in pids.items())
             for name, pids in end.items()
         }
+        servers = end.get("emanet server", {})
         return {
             "elapsed_s": round(elapsed, 2),
             "machine_busy_pct": psutil.cpu_percent(),
             "cores_used": {name: round(seconds / elapsed, 2) for name, seconds in used.items()},
+            # How evenly the kernel spread the clients' connections over the server processes.
+            "server_processes": [
+                round((seconds - self.start.get("emanet server", {}).get(pid, 0.0)) / elapsed, 2)
+                for pid, seconds in servers.items()
+            ],
         }
 
 

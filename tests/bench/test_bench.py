@@ -201,7 +201,11 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
         "steps": steps,
         "steps_per_second": 40.0,
         "cycles_per_second": 10.0,
-        "cpu": {"cores_used": {"emanet server": 1.2}, "machine_busy_pct": 90.0},
+        "cpu": {
+            "cores_used": {"emanet server": 1.2},
+            "machine_busy_pct": 90.0,
+            "server_processes": [0.7, 0.5],
+        },
         "loadgen_cpu_s": 0.5,
         "loadgen_cpu_us_per_request": 40.0,
         "error_samples": [],
@@ -245,6 +249,7 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert "| throughput with 1,000,000 escrows ≥ 0.9× with 10,000 | 0.90× | **met** |" in text  # noqa: RUF001
     assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
     assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
+    assert "cores used — emanet server 1.20 (0.70 + 0.50 by process), load generator 0.05" in text
     assert "py-spy sampled one of the 2 server processes during a separate 32-client" in text
     assert "| `post_entry (ledger/service.py)` | 12.5 |" in text
     assert "py-spy sampled the worker" not in text  # no samples, no section
