@@ -20,6 +20,13 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import structlog
+
+from emanet.core.logging import configure_logging
+from emanet.core.settings import get_settings
+
+log = structlog.get_logger("emanet.server")
+
 APP = "emanet.main:app"
 # A process that dies sooner than this after it started is failing to start (bad settings, a database it
 # cannot reach): the server stops with status 1 rather than start it again and again.
@@ -68,6 +75,8 @@ def _supervise(host: str, port: int, workers: int) -> int:
     # Bound (never listening, so it is handed no connections) for as long as we run: a port taken by
     # another program fails here, before any process starts.
     reservation = listening_socket(host, port)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
     spawn = multiprocessing.get_context("spawn")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -85,8 +94,11 @@ def _supervise(host: str, port: int, workers: int) -> int:
             for position, (process, started) in enumerate(processes):
                 if process.is_alive():
                     continue
-                print(f"emanet serve: process {process.pid} exited with {process.exitcode}", file=sys.stderr)
-                if time.monotonic() - started < STARTUP_SECONDS:
+                starting = time.monotonic() - started < STARTUP_SECONDS
+                log.error(
+                    "server_process_exited", pid=process.pid, exit_code=process.exitcode, starting=starting
+                )
+                if starting:
                     status = 1
                     stop.set()
                     break

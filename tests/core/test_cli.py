@@ -99,6 +99,9 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+OUR_SUPERVISOR = pytest.mark.skipif(sys.platform != "linux", reason="our supervisor runs on Linux only")
+
+
 def _serve(sqlite_env: str, tmp_path: Path, port: int, *command: str) -> subprocess.Popen[bytes]:
     """``emanet serve`` (or ``command``) in its own process group, answering on ``port``."""
     assert run("migrate")[0] == 0
@@ -204,7 +207,7 @@ def test_serve_with_two_workers_spreads_connections_over_both(sqlite_env: str, t
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(sys.platform != "linux", reason="our supervisor runs on Linux; uvicorn's elsewhere")
+@OUR_SUPERVISOR
 def test_serve_starts_a_server_process_again_when_one_dies(sqlite_env: str, tmp_path: Path) -> None:
     port = _free_port()
     # Every process counts as started at once, so a death is a crash to recover from, not a failed start.
@@ -228,7 +231,7 @@ def test_serve_starts_a_server_process_again_when_one_dies(sqlite_env: str, tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(sys.platform != "linux", reason="our supervisor runs on Linux; uvicorn's elsewhere")
+@OUR_SUPERVISOR
 def test_serve_stops_with_an_error_when_a_process_dies_while_starting(
     sqlite_env: str, tmp_path: Path
 ) -> None:
@@ -237,6 +240,7 @@ def test_serve_stops_with_an_error_when_a_process_dies_while_starting(
         first, second = _server_processes(server)
         first.kill()  # within a minute of starting: a start that failed, not worth repeating forever
         assert server.wait(timeout=60) == 1
+        assert server.stdout is not None and b"server_process_exited" in server.stdout.read()
         assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1)
