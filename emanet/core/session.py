@@ -11,13 +11,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from emanet.core.db import Database
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
+    """Async although it awaits nothing: FastAPI runs a plain ``def`` dependency in its thread pool, a
+    thread hand-off on every request that asks for it."""
     database: Database = request.app.state.database
     return database
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with get_database(request).transaction() as session:
+    database: Database = request.app.state.database
+    async with database.transaction() as session:
         yield session
 
 

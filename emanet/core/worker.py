@@ -42,7 +42,7 @@ import structlog
 from sqlalchemy import and_, delete, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from emanet.core import clock, metrics
+from emanet.core import clock, heap, metrics
 from emanet.core.db import Database, upsert
 from emanet.core.logging import configure_logging
 from emanet.core.models import IdempotencyKey, Job
@@ -551,6 +551,7 @@ async def run_worker(settings: Settings, *, concurrency: int = 4) -> None:
     """``emanet worker``: run until SIGTERM or SIGINT, then finish in-flight jobs and exit."""
     configure_logging(settings.log_level, settings.log_json)
     load_task_modules()
+    heap.settle()
     database = Database(settings)
     worker = Worker(database, settings, concurrency=concurrency)
     loop = asyncio.get_running_loop()
