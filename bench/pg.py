@@ -63,7 +63,8 @@ async def server_facts() -> dict[str, str]:
     return facts
 
 
-def _pg_env() -> dict[str, str]:
+def pgbench_env() -> dict[str, str]:
+    """The environment that points pgbench and psql at the benchmark's PostgreSQL server."""
     parts = urlsplit(ADMIN_DSN)
     env = dict(os.environ)
     env.update(
@@ -106,7 +107,7 @@ def parse_pgbench(output: str, clients: int, seconds: int) -> PgbenchResult:
 def pgbench_init(database: str, scale: int) -> None:
     subprocess.run(
         ["pgbench", "-i", "-q", "-s", str(scale), database],
-        env=_pg_env(),
+        env=pgbench_env(),
         check=True,
         capture_output=True,
         timeout=600,
@@ -118,7 +119,7 @@ def pgbench_run(database: str, clients: int, seconds: int) -> PgbenchResult:
     threads = min(clients, os.cpu_count() or 1)
     done = subprocess.run(
         ["pgbench", "-M", "prepared", "-c", str(clients), "-j", str(threads), "-T", str(seconds), database],
-        env=_pg_env(),
+        env=pgbench_env(),
         check=True,
         capture_output=True,
         text=True,

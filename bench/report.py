@@ -90,11 +90,22 @@ def ratios_and_targets(r: dict[str, Any]) -> tuple[list[list[str]], list[list[st
     hordak_single = _safe(lambda: hordak["single"]["entries_per_second"])
     hordak_batch = _safe(lambda: hordak["batch"]["entries_per_second"])
     batch_entries = _safe(lambda: ledger["batch"]["entries_per_second"])
+    statement_tps = _safe(lambda: ledger["pgbench_statement"]["tps"])
     ratio_rows += [
         [
             "ledger single transfers/s ÷ pgbench tps (8)",
             f"{fmt(single, 1)} ÷ {fmt(base)}",
             fmt(ratio(single, base), 2) + "×",
+        ],
+        [
+            "`post_entry`'s statement under pgbench (no Python) ÷ pgbench tps (8): the database's ceiling",
+            f"{fmt(statement_tps)} ÷ {fmt(base)}",
+            fmt(ratio(statement_tps, base), 2) + "×",
+        ],
+        [
+            "ledger single transfers/s ÷ its statement under pgbench",
+            f"{fmt(single, 1)} ÷ {fmt(statement_tps)}",
+            fmt(ratio(single, statement_tps), 2) + "×",
         ],
         [
             "ledger batched postings/s ÷ pgbench tps (8)",
@@ -567,6 +578,19 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
                             "; ".join(run.get("errors", [])) or "–",
                         ]
                     )
+        statement = ledger.get("pgbench_statement")
+        if statement:
+            rows.insert(
+                2,
+                [
+                    "`post_entry`'s statement under pgbench (no Python)",
+                    "one per commit",
+                    fmt(statement["tps"], 1),
+                    fmt(2 * statement["tps"], 1),
+                    "–",
+                    "–",
+                ],
+            )
         out += [
             "## 4. The ledger alone, and django-hordak",
             "",
@@ -577,6 +601,11 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             "balance rows updated under the non-negative CHECK, the balance trigger checking the entry, one "
             "commit each. Emanet batch: `post_entries` — the same entries and checks, the whole batch in one "
             "statement and one commit (the ledger's bulk API, for settlements and batch payouts). "
+            "`post_entry`'s statement under pgbench: the very statement `post_entry` sends for such a transfer "
+            "(generated from the code by `bench/ledger_ceiling.py`), run by pgbench — a C client, prepared, "
+            f"{plan.get('ledger_connections')} clients, one transaction each — so no Python is involved: what "
+            "PostgreSQL itself does for one of our transfers, the most any client of this ledger could reach. "
+            "The run checks that every transaction it counted posted one entry. "
             "django-hordak: `Account.transfer_to` (one Transaction, two Legs, its PostgreSQL triggers), one "
             "commit each, or a batch of them in one database transaction (it has no bulk transfer call), "
             "installed by the bench into `bench/.hordak-venv` and run against its own fresh database on the "

@@ -4,7 +4,8 @@
 2. Emanet served the production way (``emanet serve --workers N`` + ``emanet worker``) on a fresh, migrated
    database; the escrow lifecycle over HTTP at 8 and 32 clients; a py-spy profile of one server process.
 3. Reads: ``GET /api/v1/escrows/{id}`` and ``GET /api/v1/escrows?…`` at 64 clients.
-4. The ledger alone (``post_entry``), single and batched, then the same workload through django-hordak in
+4. The ledger alone (``post_entry``), single and batched; ``post_entry``'s own statement driven by pgbench
+   (the database's ceiling for one transfer, no Python); then the same workload through django-hordak in
    its own virtualenv and database.
 5. Scale: the lifecycle again with 10,000 and with 1,000,000 escrows already loaded; the uncached dashboard
    stats and the peak memory of a full CSV export on the large database.
@@ -29,7 +30,7 @@ import httpx
 import orjson
 import psutil
 
-from bench import ledger_load, pg, profile, report, seed
+from bench import ledger_ceiling, ledger_load, pg, profile, report, seed
 from bench.config import Plan, current_plan
 from bench.stack import ROOT, CpuMeter, Secrets, Stack, redis_reachable, running
 
@@ -565,6 +566,10 @@ def main() -> None:
         asyncio.run(pg.create_database(names["ledger"]))
         migrate(names["ledger"])
         results["ledger"] = ledger_runs(plan, workdir, names["ledger"], run_id)
+        results["ledger"]["pgbench_statement"] = ledger_ceiling.run(
+            names["ledger"], plan.ledger_accounts, plan.ledger_connections, plan.ledger_seconds
+        )
+        say(f"post_entry's statement under pgbench: {results['ledger']['pgbench_statement']['tps']:.0f} tps")
         asyncio.run(pg.drop_database(names["ledger"]))
         asyncio.run(pg.create_database(names["hordak"]))
         results["hordak"] = hordak_runs(plan, workdir, names["hordak"])

@@ -3,7 +3,9 @@ measured by the benchmark itself and reported in docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,11 @@ import orjson
 import pytest
 from pytest_httpserver import HTTPServer
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
-from bench import ledger_load, loadgen, pg, profile, report, seed
+from bench import ledger_ceiling, ledger_load, loadgen, pg, profile, report, seed
 from bench.config import FULL, QUICK
 from emanet.core.clock import FrozenClock
 from emanet.core.db import Database
@@ -217,7 +220,7 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
         "postgres": {"version": "15"},
         "pgbench": [[{"clients": 8, "tps": 1000.0, "latency_ms": 8.0, "transactions": 30000, "seconds": 30}]],
         "lifecycle": {"8": run},
-        "ledger": {"single": ledger, "batch": ledger},
+        "ledger": {"single": ledger, "batch": ledger, "pgbench_statement": {"tps": 400.0}},
         "hordak": {"single": {**ledger, "entries_per_second": 100.0}},
         "profile": {
             "server": {
@@ -246,6 +249,8 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     text = written.read_text()
     assert "| lifecycle steps/s ÷ pgbench tps, 8 clients | 40.0 ÷ 1,000 | 0.04× |" in text  # noqa: RUF001
     assert "| ledger ÷ django-hordak, single transfers | 500.0 ÷ 100.0 | 5.00× |" in text  # noqa: RUF001
+    assert "| ledger single transfers/s ÷ its statement under pgbench | 500.0 ÷ 400 | 1.25× |" in text  # noqa: RUF001
+    assert "| `post_entry`'s statement under pgbench (no Python) | one per commit | 400.0 | 800.0 |" in text
     assert "| throughput with 1,000,000 escrows ≥ 0.9× with 10,000 | 0.90× | **met** |" in text  # noqa: RUF001
     assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
     assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
@@ -312,6 +317,29 @@ async def test_ledger_workload_moves_money_and_keeps_the_invariants(
         )
         assert result["entries"] > 0
     await assert_ledger_invariants(database)
+
+
+@postgres_only
+async def test_pgbench_drives_the_ledgers_own_transfer_statement(
+    database: Database, database_url: str
+) -> None:
+    funding = Database(ledger_load.ledger_settings(database_url, 2))
+    try:
+        await ledger_load.fund_wallets(funding, 8)
+    finally:
+        await funding.dispose()
+    name = make_url(database_url).database
+    assert name is not None
+    result = await asyncio.to_thread(ledger_ceiling.run, name, 8, 2, 1)
+    assert result["transactions"] > 0
+    assert result["entries_posted"] == result["transactions"]
+    await assert_ledger_invariants(database)  # balanced entries, balances equal to their postings
+
+
+def test_the_pgbench_script_leaves_no_parameter_of_the_statement_unbound() -> None:
+    text = ledger_ceiling.script(400)
+    variables = set(re.findall(r"(?<![:\w]):(\w+)", text))
+    assert variables == {"payer", "payee", "amount", "negative"}
 
 
 @postgres_only
