@@ -28,11 +28,19 @@ async def ledger_post(ctx: JobContext) -> None:
             description="SIGKILL test",
         )
         if ctx.attempt == 1 and pause_at == "in_transaction":
-            marker.write_text("in_transaction")
+            _signal(marker, "in_transaction")
             await asyncio.sleep(600)
     if ctx.attempt == 1 and pause_at == "after_commit":
-        marker.write_text("after_commit")
+        _signal(marker, "after_commit")
         await asyncio.sleep(600)
+
+
+def _signal(marker: Path, text: str) -> None:
+    """Write the marker under another name, then rename it: the test, polling for the marker, must never see
+    it created but still empty (it did once, under load)."""
+    partial = marker.with_suffix(".partial")
+    partial.write_text(text)
+    partial.rename(marker)
 
 
 @job("test.process.count")
