@@ -386,3 +386,50 @@ async def test_a_batch_cannot_overdraw_a_wallet(database: Database) -> None:
                     EntryDraft("out", "TRY", [debit(wallet, 150), credit(CLEARING, 150)]),
                 ],
             )
+
+
+async def _trigger_plans(session: Any, reference: str) -> list[str]:
+    """Post one entry with auto_explain logging every nested plan and JIT made as cheap as it gets; return
+    the logged plans of the balance trigger's query."""
+    raw = (await (await session.connection()).get_raw_connection()).driver_connection
+    plans: list[str] = []
+
+    def on_log(_connection: Any, message: Any) -> None:
+        if "new_postings" in message.message:
+            plans.append(message.message)
+
+    raw.add_log_listener(on_log)
+    try:
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET LOCAL auto_explain.log_min_duration = 0",
+            "SET LOCAL auto_explain.log_nested_statements = on",
+            "SET LOCAL client_min_messages = log",
+            "SET LOCAL jit = on",
+            "SET LOCAL jit_above_cost = 0",
+        ):
+            await session.execute(text(setting))
+        await post_entry(session, reference, "TRY", [debit(CLEARING, 500), credit("escrow:esc_jit", 500)])
+        await asyncio.sleep(0.05)  # notices arrive with the statement's reply; let the listener run
+    finally:
+        raw.remove_log_listener(on_log)
+    return plans
+
+
+@pytest.mark.postgres_only
+async def test_the_balance_trigger_never_jit_compiles(database: Database) -> None:
+    """A stale estimate once put the trigger's query over jit_above_cost, and every posting paid 12-40 ms of
+    LLVM compilation (migration 0008)."""
+    async with database.transaction() as session:
+        if not (await session.execute(text("SELECT pg_jit_available()"))).scalar_one():
+            pytest.skip("this PostgreSQL server has no JIT provider")
+        await post_entry(session, "jit:0", "TRY", [debit(CLEARING, 500), credit("escrow:esc_jit", 500)])
+    async with database.transaction() as session:
+        # Without the function's own setting the same post JIT-compiles the trigger's query: the check sees it
+        await session.execute(text("ALTER FUNCTION ledger_check_entries_balanced() RESET jit"))
+        plans = await _trigger_plans(session, "jit:1")
+        assert plans and all("JIT:" in plan for plan in plans)
+        await session.rollback()
+    async with database.transaction() as session:
+        plans = await _trigger_plans(session, "jit:2")
+    assert plans and not any("JIT:" in plan for plan in plans)
