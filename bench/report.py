@@ -723,7 +723,12 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
                 [[f"`{x['function']}`", fmt(x["pct"], 1)] for x in prof["ours"]],
             ),
             "",
-            "Functions with the most samples of their own (self time):",
+            "Functions with the most samples of their own (self time). A caution on the driver's share: py-spy "
+            "counts a thread inside a socket `write()` as busy, and the self time of asyncpg's "
+            "`PreparedStatement.__do_execute` and `Connection.execute` is mostly that call (a `--native` "
+            "profile put 28 % of a server process's samples in libc's `write` under them, while the kernel's "
+            "share of the process's CPU, from `/proc`, was 14 %). The Python layers' shares of the CPU are "
+            "larger than their shares of the samples.",
             "",
             table(["function", "% self"], [[f"`{x['function']}`", fmt(x["pct"], 1)] for x in prof["self"]]),
             "",
