@@ -63,6 +63,15 @@ async def fund_wallets(database: Database, count: int) -> None:
         )
 
 
+async def fund_wallets_at(database_url: str, count: int) -> None:
+    """``fund_wallets`` on the database at ``database_url``, through an engine of its own."""
+    database = Database(ledger_settings(database_url, 2))
+    try:
+        await fund_wallets(database, count)
+    finally:
+        await database.dispose()
+
+
 async def _connection_loop(
     database: Database,
     mode: str,

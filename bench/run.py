@@ -242,16 +242,7 @@ def wallet_slices(plan: Plan) -> list[list[int]]:
 
 
 def ledger_runs(plan: Plan, workdir: Path, database: str, run_id: str) -> dict[str, Any]:
-    from emanet.core.db import Database
-
-    async def fund() -> None:
-        db = Database(ledger_load.ledger_settings(pg.sqlalchemy_url(database), 2))
-        try:
-            await ledger_load.fund_wallets(db, plan.ledger_accounts)
-        finally:
-            await db.dispose()
-
-    asyncio.run(fund())
+    asyncio.run(ledger_load.fund_wallets_at(pg.sqlalchemy_url(database), plan.ledger_accounts))
     slices = wallet_slices(plan)
     per_process = plan.ledger_connections // plan.ledger_processes
     results = {}

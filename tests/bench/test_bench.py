@@ -296,11 +296,7 @@ async def test_bulk_load_writes_a_valid_ledger(database: Database, database_url:
 async def test_ledger_workload_moves_money_and_keeps_the_invariants(
     database: Database, database_url: str
 ) -> None:
-    funding = Database(ledger_load.ledger_settings(database_url, 2))
-    try:
-        await ledger_load.fund_wallets(funding, 8)
-    finally:
-        await funding.dispose()
+    await ledger_load.fund_wallets_at(database_url, 8)
     for mode in ("single", "batch"):
         result = await ledger_load.run(
             {
@@ -323,11 +319,7 @@ async def test_ledger_workload_moves_money_and_keeps_the_invariants(
 async def test_pgbench_drives_the_ledgers_own_transfer_statement(
     database: Database, database_url: str
 ) -> None:
-    funding = Database(ledger_load.ledger_settings(database_url, 2))
-    try:
-        await ledger_load.fund_wallets(funding, 8)
-    finally:
-        await funding.dispose()
+    await ledger_load.fund_wallets_at(database_url, 8)
     name = make_url(database_url).database
     assert name is not None
     result = await asyncio.to_thread(ledger_ceiling.run, name, 8, 2, 1)
