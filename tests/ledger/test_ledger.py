@@ -419,8 +419,10 @@ async def _trigger_plans(session: Any, reference: str) -> list[str]:
 @pytest.mark.postgres_only
 async def test_the_balance_trigger_never_jit_compiles(database: Database) -> None:
     """A stale estimate once put the trigger's query over jit_above_cost, and every posting paid 12-40 ms of
-    LLVM compilation (migration 0008)."""
+    LLVM compilation (migration 0008). Emanet's own connections also turn JIT off; this guards every other
+    client of the database (reports, psql, a bulk loader) that runs with the server's default."""
     async with database.transaction() as session:
+        await session.execute(text("SET LOCAL jit = on"))  # Emanet's connections run with it off
         if not (await session.execute(text("SELECT pg_jit_available()"))).scalar_one():
             pytest.skip("this PostgreSQL server has no JIT provider")
         await post_entry(session, "jit:0", "TRY", [debit(CLEARING, 500), credit("escrow:esc_jit", 500)])
