@@ -16,6 +16,7 @@ Every database the run creates is dropped and every process it starts is stopped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import subprocess
@@ -456,32 +457,108 @@ def export_memory(stack: Stack, token: str) -> dict[str, Any]:
     }
 
 
-def scale_runs(plan: Plan, workdir: Path, database: str, keys: Secrets, use_redis: bool) -> dict[str, Any]:
-    migrate(database)
-    people = asyncio.run(create_people(database, keys))
-    total = plan.scale_sizes[-1]
-    results: dict[str, Any] = {"sizes": {}}
-    loaded = 0
-    with running(database, keys, workers=plan.server_workers, log_dir=workdir, use_redis=use_redis) as stack:
-        for size in plan.scale_sizes:
-            say(f"bulk-loading escrows {loaded:,} → {size:,}")
-            load = asyncio.run(seed.load(pg.dsn_for(database), loaded, size - loaded, total=total, log=say))
-            loaded = size
-            run = lifecycle(
-                stack, plan, workdir, people, keys, plan.scale_clients, plan.scale_seconds, f"scale-{size}"
+def alternation(sizes: tuple[int, ...]) -> list[int]:
+    """The order of the scale runs: every size, then every size again backwards (10k, 1M, 1M, 10k). The
+    machine's speed drifts by 20 % and more over a few minutes of load; in this order a steady drift costs
+    each size the same, where running the large size after the small one would charge it to the data."""
+    return [*sizes, *reversed(sizes)]
+
+
+def mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 2)
+
+
+def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Equal-length lifecycle runs of one size as one: mean throughput, per-step rates and cores used, the
+    worst of the runs' latency percentiles (percentiles of separate runs cannot be merged exactly), errors
+    added up."""
+    steps: dict[str, Any] = {}
+    for name in runs[0]["steps"]:
+        each = [run["steps"][name] for run in runs]
+        errors: dict[str, int] = {}
+        for step in each:
+            for status, count in step["errors"].items():
+                errors[status] = errors.get(status, 0) + count
+        steps[name] = {
+            "count": sum(step["count"] for step in each),
+            "per_second": mean([step["per_second"] for step in each]),
+            **{q: max(step[q] for step in each) for q in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
+            "errors": errors,
+        }
+    groups = runs[0]["cpu"]["cores_used"]
+    return {
+        "window_s": sum(run["window_s"] for run in runs),
+        "steps": steps,
+        "steps_per_second": mean([run["steps_per_second"] for run in runs]),
+        "cycles_per_second": mean([run["cycles_per_second"] for run in runs]),
+        "cpu": {
+            "cores_used": {
+                group: mean([run["cpu"]["cores_used"][group] for run in runs]) for group in groups
+            },
+            "machine_busy_pct": mean([run["cpu"]["machine_busy_pct"] for run in runs]),
+            "server_processes": [
+                mean(list(shares))
+                for shares in zip(*(run["cpu"]["server_processes"] for run in runs), strict=True)
+            ],
+        },
+        "loadgen_cpu_s": sum(run["loadgen_cpu_s"] for run in runs),
+        "error_samples": [sample for run in runs for sample in run["error_samples"]][:5],
+    }
+
+
+def scale_runs(
+    plan: Plan, workdir: Path, databases: dict[int, str], keys: Secrets, use_redis: bool
+) -> dict[str, Any]:
+    """Each size in its own database, served by its own stack (the idle one costs nothing); the lifecycle
+    runs alternate between them (``alternation``). Stats and export on the largest."""
+    people: dict[int, dict[str, Any]] = {}
+    loads: dict[int, dict[str, Any]] = {}
+    for size, database in databases.items():
+        migrate(database)
+        people[size] = asyncio.run(create_people(database, keys))
+        say(f"bulk-loading {size:,} escrows")
+        loads[size] = asyncio.run(seed.load(pg.dsn_for(database), 0, size, total=size, log=say))
+    largest = max(databases)
+    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in databases}
+    results: dict[str, Any] = {"order": alternation(tuple(databases)), "sizes": {}}
+    with contextlib.ExitStack() as stacks:
+        served = {
+            size: stacks.enter_context(
+                running(database, keys, workers=plan.server_workers, log_dir=workdir, use_redis=use_redis)
             )
-            results["sizes"][str(size)] = {"load": load, "lifecycle": run}
-        results["drain"] = asyncio.run(drain_jobs(database))
-        say(f"worker backlog after the run: {results['drain']}")
+            for size, database in databases.items()
+        }
+        for size in results["order"]:
+            name = f"scale-{size}-{len(runs[size]) + 1}"
+            runs[size].append(
+                lifecycle(
+                    served[size],
+                    plan,
+                    workdir,
+                    people[size],
+                    keys,
+                    plan.scale_clients,
+                    plan.scale_seconds,
+                    name,
+                )
+            )
+        for size in databases:
+            results["sizes"][str(size)] = {
+                "load": loads[size],
+                "lifecycle": combined(runs[size]),
+                "runs": runs[size],
+            }
+        results["drain"] = asyncio.run(drain_jobs(databases[largest]))
+        say(f"worker backlog after the runs: {results['drain']}")
         say("timing GET /api/v1/admin/dashboard/stats?fresh=true")
-        results["stats"] = time_stats(stack, people["admin_token"], plan.stats_runs)
+        results["stats"] = time_stats(served[largest], people[largest]["admin_token"], plan.stats_runs)
         say(f"stats: median {results['stats']['median_ms']} ms")
         say("full CSV export")
-        results["export"] = export_memory(stack, people["admin_token"])
+        results["export"] = export_memory(served[largest], people[largest]["admin_token"])
         say(f"export: {results['export']}")
     say("verifying the ledger invariants over every row")
-    results["verify"] = asyncio.run(seed.verify(pg.dsn_for(database)))
-    results["counts"] = asyncio.run(seed.counts(pg.dsn_for(database)))
+    results["verify"] = asyncio.run(seed.verify(pg.dsn_for(databases[largest])))
+    results["counts"] = asyncio.run(seed.counts(pg.dsn_for(databases[largest])))
     say(f"verify: {results['verify']}")
     return results
 
@@ -501,8 +578,8 @@ def main() -> None:
     run_id = f"{os.getpid()}"
     workdir = ROOT / "bench" / "results" / plan.name
     workdir.mkdir(parents=True, exist_ok=True)
-    names = {
-        part: f"emanet_bench_{part}_{run_id}" for part in ("pgbench", "api", "ledger", "hordak", "scale")
+    names = {part: f"emanet_bench_{part}_{run_id}" for part in ("pgbench", "api", "ledger", "hordak")} | {
+        f"scale_{size}": f"emanet_bench_scale_{size}_{run_id}" for size in plan.scale_sizes
     }
     use_redis = redis_reachable()
     results: dict[str, Any] = {
@@ -566,9 +643,12 @@ def main() -> None:
         results["hordak"] = hordak_runs(plan, workdir, names["hordak"])
         asyncio.run(pg.drop_database(names["hordak"]))
 
-        asyncio.run(pg.create_database(names["scale"]))
-        results["scale"] = scale_runs(plan, workdir, names["scale"], Secrets(), use_redis)
-        asyncio.run(pg.drop_database(names["scale"]))
+        scale_databases = {size: names[f"scale_{size}"] for size in plan.scale_sizes}
+        for database in scale_databases.values():
+            asyncio.run(pg.create_database(database))
+        results["scale"] = scale_runs(plan, workdir, scale_databases, Secrets(), use_redis)
+        for database in scale_databases.values():
+            asyncio.run(pg.drop_database(database))
 
         if plan.pgbench_rounds > 1:
             results["pgbench"].append(pgbench_round(plan, names["pgbench"]))

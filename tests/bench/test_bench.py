@@ -20,6 +20,7 @@ from werkzeug import Request, Response
 
 from bench import ledger_ceiling, ledger_load, loadgen, pg, profile, report, seed
 from bench.config import FULL, QUICK
+from bench.run import alternation, combined
 from emanet.core.clock import FrozenClock
 from emanet.core.db import Database
 from emanet.core.settings import Settings
@@ -186,6 +187,59 @@ async def test_the_bench_webhook_is_what_the_sandbox_accepts(database: Database,
     )
 
 
+def test_scale_runs_alternate_so_a_steady_drift_costs_every_size_the_same() -> None:
+    order = alternation((10_000, 1_000_000))
+    assert order == [10_000, 1_000_000, 1_000_000, 10_000]
+    # A machine that slows by a fixed amount per run: positions 0..3 take 0, 1, 2, 3 units.
+    slowdown = {size: sum(i for i, s in enumerate(order) if s == size) for size in set(order)}
+    assert slowdown[10_000] == slowdown[1_000_000]
+
+
+def _lifecycle_run(
+    steps_per_second: float, p99: float, server_cores: float, errors: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "window_s": 20.0,
+        "steps": {
+            "create_escrow": {
+                "count": int(steps_per_second * 20),
+                "per_second": steps_per_second,
+                "p50_ms": p99 / 4,
+                "p95_ms": p99 / 2,
+                "p99_ms": p99,
+                "max_ms": p99 * 2,
+                "errors": errors,
+            }
+        },
+        "steps_per_second": steps_per_second,
+        "cycles_per_second": steps_per_second / 4,
+        "cpu": {
+            "cores_used": {"emanet server": server_cores, "postgres": 0.5},
+            "machine_busy_pct": 100.0,
+            "server_processes": [server_cores / 2, server_cores / 2],
+        },
+        "loadgen_cpu_s": 1.0,
+        "error_samples": [f"create_escrow 409 {steps_per_second}"] if errors else [],
+    }
+
+
+def test_combined_scale_runs_average_throughput_and_keep_the_worst_latency() -> None:
+    first = _lifecycle_run(100.0, 300.0, 1.0, {})
+    second = _lifecycle_run(140.0, 200.0, 1.2, {"409": 2})
+    merged = combined([first, second])
+    assert merged["steps_per_second"] == 120.0
+    assert merged["cycles_per_second"] == 30.0
+    step = merged["steps"]["create_escrow"]
+    assert (step["count"], step["per_second"], step["p99_ms"], step["max_ms"]) == (4800, 120.0, 300.0, 600.0)
+    assert step["errors"] == {"409": 2}
+    assert merged["cpu"]["cores_used"] == {"emanet server": 1.1, "postgres": 0.5}
+    assert merged["cpu"]["server_processes"] == [0.55, 0.55]
+    assert (merged["window_s"], merged["loadgen_cpu_s"]) == (40.0, 2.0)
+    assert merged["error_samples"] == ["create_escrow 409 140.0"]
+    # The report's CPU per step of the merged run: 1.1 cores over 120 steps/s.
+    assert report.server_ms_value(merged) == pytest.approx(1.1 * 1000 / 120)
+
+
 def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     steps = {
         s: {
@@ -234,12 +288,14 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
         },
         "scale": {
             "sizes": {
-                "10000": {"load": {"load_and_vacuum_s": 1.0}, "lifecycle": run},
+                "10000": {"load": {"load_and_vacuum_s": 1.0}, "lifecycle": run, "runs": [run, run]},
                 "1000000": {
                     "load": {"load_and_vacuum_s": 100.0},
                     "lifecycle": {**run, "steps_per_second": 36.0},
+                    "runs": [{**run, "steps_per_second": 34.0}, {**run, "steps_per_second": 38.0}],
                 },
             },
+            "order": [10000, 1000000, 1000000, 10000],
             "stats": {"median_ms": 80.0},
             "export": {"peak_rss_mb": 160.0},
             "verify": {},
@@ -252,6 +308,8 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert "| ledger single transfers/s ÷ its statement under pgbench | 500.0 ÷ 400 | 1.25× |" in text  # noqa: RUF001
     assert "| `post_entry`'s statement under pgbench (no Python) | one per commit | 400.0 | 800.0 |" in text
     assert "| throughput with 1,000,000 escrows ≥ 0.9× with 10,000 | 0.90× | **met** |" in text  # noqa: RUF001
+    assert "| 1,000,000 | 100.0 | 36.0 | 34.0 + 38.0 | 10.0 |" in text
+    assert "in the order 10,000 → 1,000,000 → 1,000,000 → 10,000" in text
     assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
     assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
     assert "cores used — emanet server 1.20 (0.70 + 0.50 by process), load generator 0.05" in text
