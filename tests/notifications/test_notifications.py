@@ -19,7 +19,7 @@ from emanet.core.settings import Settings
 from emanet.core.worker import Worker
 from emanet.escrow.models import Escrow
 from emanet.notifications.models import Notification
-from emanet.notifications.service import EMAIL_MAX_ATTEMPTS
+from emanet.notifications.service import EMAIL_JOB, EMAIL_MAX_ATTEMPTS, Notice, notify_all
 from emanet.users.models import Role, User
 from tests.conftest import bearer
 from tests.factories import Factory, capture, create_escrow
@@ -108,6 +108,27 @@ async def test_dispatching_an_event_twice_notifies_nobody_twice(
             (await session.execute(select(Job).where(Job.kind == "notifications.email"))).scalars().all()
         )
     assert len(email_jobs) == 2  # one per person
+
+
+async def test_notify_all_skips_keys_that_exist_and_returns_the_new_rows_in_the_order_given(
+    database: Database, factory: Factory, settings: Settings
+) -> None:
+    users = [await factory.user() for _ in range(3)]
+    data = {"id": "pay_x", "amount": 1000, "currency": "USD"}
+    async with database.transaction() as session:
+        [first] = await notify_all(session, settings, [Notice(users[0], "payment.failed", data, "k:0")])
+    # 1,200 notices (more than one insert batch), newest key first, the one above among them.
+    notices = [Notice(users[i % 3], "payment.failed", data, f"k:{i}") for i in reversed(range(1200))]
+    async with database.transaction() as session:
+        created = await notify_all(session, settings, notices)
+        assert [n.dedupe_key for n in created] == [f"k:{i}" for i in reversed(range(1, 1200))]
+        assert all(n.user_id == users[int(n.dedupe_key[2:]) % 3].id for n in created)
+        assert created[0].title == "Payment failed" and created[0].id != first.id
+    async with database.transaction() as session:
+        stored = (await session.execute(select(Notification.dedupe_key))).scalars().all()
+        email_jobs = (await session.execute(select(Job).where(Job.kind == EMAIL_JOB))).scalars().all()
+    assert sorted(stored) == sorted(f"k:{i}" for i in range(1200))
+    assert len(email_jobs) == 1200  # one per notification created, none for the skipped one
 
 
 async def test_the_inbox_pages_newest_first_and_marks_read(
