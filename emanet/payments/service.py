@@ -1083,12 +1083,23 @@ async def receive_webhook(
     it stored, so whatever the number of deliveries the event takes effect once."""
     provider = webhook_provider(provider_name, settings, database)
     event = await provider.parse_webhook(headers, body, remote_ip)
-    async with database.transaction() as session:
-        stored = await _store_event(session, provider_name, event)
-        if stored is None:
-            log.info("provider_event_duplicate", provider=provider_name, event_id=event.event_id)
-        else:
-            await _process_event(session, settings, provider_name, stored, event)
+    try:
+        async with database.transaction() as session:
+            stored = await _store_event(session, provider_name, event)
+            if stored is None:
+                log.info("provider_event_duplicate", provider=provider_name, event_id=event.event_id)
+            else:
+                await _process_event(session, settings, provider_name, stored, event)
+    except EmanetError as exc:
+        # Refused by our rules (an illegal transition, a mismatch): nothing it did stays, and redelivering
+        # would not change it, so the event is stored with the refusal and acknowledged. Rolling back the
+        # whole transaction here, not a savepoint around the processing, spares every accepted event the
+        # SAVEPOINT and RELEASE round trips.
+        async with database.transaction() as session:
+            stored = await _store_event(session, provider_name, event)
+            if stored is not None:  # else a concurrent delivery stored it meanwhile, and acted on it
+                stored.outcome, stored.detail = "refused", f"{exc.code}: {exc.detail}"[:300]
+        log.warning("provider_event_refused", provider=provider_name, event_id=event.event_id, code=exc.code)
     return provider.webhook_reply(event)
 
 
@@ -1124,25 +1135,19 @@ async def _store_event(session: AsyncSession, provider: str, event: WebhookEvent
 async def _process_event(
     session: AsyncSession, settings: Settings, provider: str, stored: ProviderEvent, event: WebhookEvent
 ) -> None:
-    """Act on a stored event. A refusal by our rules (an illegal transition, a mismatch) is recorded on the
-    event and acknowledged — redelivering would not change it; anything else propagates (the delivery fails
-    and the provider sends it again)."""
+    """Act on a stored event. A refusal by our rules raises an ``EmanetError`` (``receive_webhook`` records
+    it); anything else propagates too (the delivery fails and the provider sends it again)."""
     from emanet.payments import payouts
 
-    try:
-        async with session.begin_nested():
-            if event.kind == "payment" and event.status:
-                stored.outcome = await _on_payment_event(session, settings, provider, event)
-            elif event.kind == "refund" and event.status and event.refund_reference:
-                stored.outcome = await _on_refund_event(session, settings, provider, event)
-            elif event.kind == "payout" and event.status and event.payout_reference:
-                stored.outcome = await payouts.on_payout_event(session, provider, event)
-            else:
-                stored.outcome = "ignored"
-                stored.detail = "event type not acted on"
-    except EmanetError as exc:
-        stored.outcome, stored.detail = "refused", f"{exc.code}: {exc.detail}"[:300]
-        log.warning("provider_event_refused", provider=provider, event_id=event.event_id, code=exc.code)
+    if event.kind == "payment" and event.status:
+        stored.outcome = await _on_payment_event(session, settings, provider, event)
+    elif event.kind == "refund" and event.status and event.refund_reference:
+        stored.outcome = await _on_refund_event(session, settings, provider, event)
+    elif event.kind == "payout" and event.status and event.payout_reference:
+        stored.outcome = await payouts.on_payout_event(session, provider, event)
+    else:
+        stored.outcome = "ignored"
+        stored.detail = "event type not acted on"
     log.info(
         "provider_event", provider=provider, event_id=event.event_id, type=event.type, outcome=stored.outcome
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from emanet.core.clock import FrozenClock
 from emanet.core.db import Database
@@ -42,6 +43,11 @@ async def test_each_lifecycle_step_stays_within_its_round_trips(
 ) -> None:
     buyer, seller = await factory.user(), await factory.user()
     counted: dict[str, int] = {}
+    savepoints: list[str] = []
+
+    def on_savepoint(_: Any, name: str) -> None:
+        savepoints.append(name)
+
     for _ in range(2):  # the first cycle creates the shared accounts; the second is the steady state
         with count_queries() as create:
             escrow = await create_escrow(client, buyer, seller)
@@ -58,11 +64,15 @@ async def test_each_lifecycle_step_stays_within_its_round_trips(
             assert response.status_code == 201, response.text
         await checkout(client, response.json(), SUCCESS)
         [(msg_id, body)] = await undelivered_sandbox_webhooks(database)
+        savepoints.clear()
+        event.listen(database.engine.sync_engine, "savepoint", on_savepoint)
         with count_queries() as webhook:
             delivered = await client.post(
                 "/api/v1/webhooks/sandbox", content=body, headers=signed(settings, msg_id, body)
             )
             assert delivered.status_code == 200, delivered.text
+        event.remove(database.engine.sync_engine, "savepoint", on_savepoint)
+        assert savepoints == []  # an accepted event costs no SAVEPOINT and RELEASE round trips
         clock.advance(hours=25)
         with count_queries() as release:
             released = await client.post(

@@ -156,6 +156,33 @@ async def test_bad_signature_is_400_and_changes_nothing(
     await assert_ledger_invariants(database)
 
 
+async def test_a_refusal_part_way_through_leaves_nothing_of_what_the_event_began(
+    live: Live, factory: Factory, database: Database, settings: Settings
+) -> None:
+    """The payment moves to succeeded before the escrow refuses the capture (a negative amount): the payment
+    change is undone with the rest, and the event is kept with the refusal."""
+    buyer, escrow, payment, msg_id, body = await paid_but_unannounced(live, factory, database)
+    event = orjson.loads(body)
+    event["data"]["amount"] = -100
+    bad = orjson.dumps(event).decode()
+    response = await live.http.post(WEBHOOK, content=bad, headers=signed(settings, msg_id, bad))
+    assert response.status_code == 200
+    async with database.transaction() as session:
+        stored = (await session.execute(select(ProviderEvent))).scalar_one()
+    assert (stored.event_id, stored.outcome, stored.detail.split(":")[0]) == (
+        msg_id,
+        "refused",
+        "payment_mismatch",
+    )
+    assert (await get_payment(live.http, buyer, payment["id"]))["status"] == "requires_action"
+    assert (await escrow_of(live.http, buyer, escrow["id"]))["status"] == "pending_payment"
+    assert await counts(database) == (1, 0)
+    # the same delivery again is a duplicate: acknowledged, nothing more happens
+    again = await live.http.post(WEBHOOK, content=bad, headers=signed(settings, msg_id, bad))
+    assert again.status_code == 200 and await counts(database) == (1, 0)
+    await assert_ledger_invariants(database)
+
+
 async def test_stale_timestamp_is_refused(
     live: Live, factory: Factory, database: Database, settings: Settings, clock: FrozenClock
 ) -> None:
