@@ -26,7 +26,8 @@ class Plan:
     ledger_seconds: int
     scale_sizes: tuple[int, ...]  # escrows already in the database before each scale run
     scale_clients: int
-    scale_seconds: int
+    scale_seconds: int  # each run
+    scale_rounds: int  # each round runs every size twice (``run.alternation``)
     stats_runs: int
     profile_seconds: int
 
@@ -54,7 +55,8 @@ FULL = Plan(
     ledger_seconds=30,
     scale_sizes=(10_000, 1_000_000),
     scale_clients=32,
-    scale_seconds=30,
+    scale_seconds=15,
+    scale_rounds=2,
     stats_runs=20,
     profile_seconds=20,
 )
@@ -79,6 +81,7 @@ QUICK = Plan(
     scale_sizes=(10_000, 50_000),
     scale_clients=32,
     scale_seconds=6,
+    scale_rounds=1,
     stats_runs=5,
     profile_seconds=5,
 )

@@ -16,7 +16,7 @@ Every database the run creates is dropped and every process it starts is stopped
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 import os
 import platform
 import subprocess
@@ -457,15 +457,22 @@ def export_memory(stack: Stack, token: str) -> dict[str, Any]:
     }
 
 
-def alternation(sizes: tuple[int, ...]) -> list[int]:
-    """The order of the scale runs: every size, then every size again backwards (10k, 1M, 1M, 10k). The
-    machine's speed drifts by 20 % and more over a few minutes of load; in this order a steady drift costs
-    each size the same, where running the large size after the small one would charge it to the data."""
-    return [*sizes, *reversed(sizes)]
+def alternation(sizes: tuple[int, ...], rounds: int) -> list[int]:
+    """The order of the scale runs: every size, then every size backwards, ``rounds`` times (10k, 1M, 1M,
+    10k, ...). This machine's speed drifts under sustained load, by 20 % and more within minutes; in this
+    order a steady drift costs each size the same, where running the large size after the small one charged
+    the drift to the data."""
+    return [*sizes, *reversed(sizes)] * rounds
 
 
 def mean(values: list[float]) -> float:
     return round(sum(values) / len(values), 2)
+
+
+def worst(values: list[float]) -> float:
+    """The largest value that is a number: a step that finished nothing in a run has NaN percentiles."""
+    numbers = [value for value in values if not math.isnan(value)]
+    return max(numbers) if numbers else math.nan
 
 
 def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -482,10 +489,11 @@ def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
         steps[name] = {
             "count": sum(step["count"] for step in each),
             "per_second": mean([step["per_second"] for step in each]),
-            **{q: max(step[q] for step in each) for q in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
+            **{q: worst([step[q] for step in each]) for q in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
             "errors": errors,
         }
     groups = runs[0]["cpu"]["cores_used"]
+    shares = [run["cpu"]["server_processes"] for run in runs]
     return {
         "window_s": sum(run["window_s"] for run in runs),
         "steps": steps,
@@ -496,10 +504,10 @@ def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 group: mean([run["cpu"]["cores_used"][group] for run in runs]) for group in groups
             },
             "machine_busy_pct": mean([run["cpu"]["machine_busy_pct"] for run in runs]),
-            "server_processes": [
-                mean(list(shares))
-                for shares in zip(*(run["cpu"]["server_processes"] for run in runs), strict=True)
-            ],
+            # Per process, when every run saw the same number of server processes (it is only a spread).
+            "server_processes": [mean(list(process)) for process in zip(*shares, strict=True)]
+            if len({len(share) for share in shares}) == 1
+            else [],
         },
         "loadgen_cpu_s": sum(run["loadgen_cpu_s"] for run in runs),
         "error_samples": [sample for run in runs for sample in run["error_samples"]][:5],
@@ -509,8 +517,10 @@ def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def scale_runs(
     plan: Plan, workdir: Path, databases: dict[int, str], keys: Secrets, use_redis: bool
 ) -> dict[str, Any]:
-    """Each size in its own database, served by its own stack (the idle one costs nothing); the lifecycle
-    runs alternate between them (``alternation``). Stats and export on the largest."""
+    """Each size in its own database. Every lifecycle run gets a stack of its own, started for it and
+    stopped once its worker has run the jobs the run queued, so no run inherits another's backlog or
+    shares the machine with an idle stack; the runs alternate between the sizes (``alternation``). Stats
+    and export on the largest database, the ledger checked in each."""
     people: dict[int, dict[str, Any]] = {}
     loads: dict[int, dict[str, Any]] = {}
     for size, database in databases.items():
@@ -518,47 +528,41 @@ def scale_runs(
         people[size] = asyncio.run(create_people(database, keys))
         say(f"bulk-loading {size:,} escrows")
         loads[size] = asyncio.run(seed.load(pg.dsn_for(database), 0, size, total=size, log=say))
-    largest = max(databases)
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in databases}
-    results: dict[str, Any] = {"order": alternation(tuple(databases)), "sizes": {}}
-    with contextlib.ExitStack() as stacks:
-        served = {
-            size: stacks.enter_context(
-                running(database, keys, workers=plan.server_workers, log_dir=workdir, use_redis=use_redis)
-            )
-            for size, database in databases.items()
-        }
-        for size in results["order"]:
-            name = f"scale-{size}-{len(runs[size]) + 1}"
+    results: dict[str, Any] = {"order": alternation(tuple(databases), plan.scale_rounds), "drains": []}
+    for size in results["order"]:
+        name = f"scale-{size}-{len(runs[size]) + 1}"
+        with running(
+            databases[size], keys, workers=plan.server_workers, log_dir=workdir, use_redis=use_redis
+        ) as stack:
             runs[size].append(
                 lifecycle(
-                    served[size],
-                    plan,
-                    workdir,
-                    people[size],
-                    keys,
-                    plan.scale_clients,
-                    plan.scale_seconds,
-                    name,
+                    stack, plan, workdir, people[size], keys, plan.scale_clients, plan.scale_seconds, name
                 )
             )
-        for size in databases:
-            results["sizes"][str(size)] = {
-                "load": loads[size],
-                "lifecycle": combined(runs[size]),
-                "runs": runs[size],
-            }
-        results["drain"] = asyncio.run(drain_jobs(databases[largest]))
-        say(f"worker backlog after the runs: {results['drain']}")
+            results["drains"].append(asyncio.run(drain_jobs(databases[size])))
+    results["sizes"] = {
+        str(size): {"load": loads[size], "lifecycle": combined(runs[size]), "runs": runs[size]}
+        for size in databases
+    }
+    say(f"worker backlogs after each run: {results['drains']}")
+    largest = max(databases)
+    with running(
+        databases[largest], keys, workers=plan.server_workers, log_dir=workdir, use_redis=use_redis
+    ) as stack:
         say("timing GET /api/v1/admin/dashboard/stats?fresh=true")
-        results["stats"] = time_stats(served[largest], people[largest]["admin_token"], plan.stats_runs)
+        results["stats"] = time_stats(stack, people[largest]["admin_token"], plan.stats_runs)
         say(f"stats: median {results['stats']['median_ms']} ms")
         say("full CSV export")
-        results["export"] = export_memory(served[largest], people[largest]["admin_token"])
+        results["export"] = export_memory(stack, people[largest]["admin_token"])
         say(f"export: {results['export']}")
-    say("verifying the ledger invariants over every row")
-    results["verify"] = asyncio.run(seed.verify(pg.dsn_for(databases[largest])))
-    results["counts"] = asyncio.run(seed.counts(pg.dsn_for(databases[largest])))
+    say("verifying the ledger invariants over every row of each database")
+    results["verify"] = {
+        str(size): asyncio.run(seed.verify(pg.dsn_for(db))) for size, db in databases.items()
+    }
+    results["counts"] = {
+        str(size): asyncio.run(seed.counts(pg.dsn_for(db))) for size, db in databases.items()
+    }
     say(f"verify: {results['verify']}")
     return results
 

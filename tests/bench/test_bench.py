@@ -188,9 +188,10 @@ async def test_the_bench_webhook_is_what_the_sandbox_accepts(database: Database,
 
 
 def test_scale_runs_alternate_so_a_steady_drift_costs_every_size_the_same() -> None:
-    order = alternation((10_000, 1_000_000))
-    assert order == [10_000, 1_000_000, 1_000_000, 10_000]
-    # A machine that slows by a fixed amount per run: positions 0..3 take 0, 1, 2, 3 units.
+    assert alternation((10_000, 1_000_000), 1) == [10_000, 1_000_000, 1_000_000, 10_000]
+    order = alternation((10_000, 1_000_000), 2)
+    assert order == [10_000, 1_000_000, 1_000_000, 10_000] * 2
+    # A machine that slows by a fixed amount per run: the run at position i is slowed by i units.
     slowdown = {size: sum(i for i, s in enumerate(order) if s == size) for size in set(order)}
     assert slowdown[10_000] == slowdown[1_000_000]
 
@@ -236,6 +237,12 @@ def test_combined_scale_runs_average_throughput_and_keep_the_worst_latency() -> 
     assert merged["cpu"]["server_processes"] == [0.55, 0.55]
     assert (merged["window_s"], merged["loadgen_cpu_s"]) == (40.0, 2.0)
     assert merged["error_samples"] == ["create_escrow 409 140.0"]
+    # A step that finished nothing in one run (NaN percentiles) takes the other run's figure.
+    idle = _lifecycle_run(0.0, math.nan, 0.1, {})
+    idle["cpu"]["server_processes"] = [0.1]  # and a run that saw one server process fewer
+    lopsided = combined([idle, first])
+    assert lopsided["steps"]["create_escrow"]["p99_ms"] == 300.0
+    assert lopsided["cpu"]["server_processes"] == []
     # The report's CPU per step of the merged run: 1.1 cores over 120 steps/s.
     assert report.server_ms_value(merged) == pytest.approx(1.1 * 1000 / 120)
 
@@ -296,9 +303,14 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
                 },
             },
             "order": [10000, 1000000, 1000000, 10000],
+            "drains": [
+                {"backlog_jobs": 40, "left": 0, "seconds": 1.5},
+                {"backlog_jobs": 75, "left": 0, "seconds": 2.0},
+            ],
             "stats": {"median_ms": 80.0},
             "export": {"peak_rss_mb": 160.0},
-            "verify": {},
+            "verify": {"10000": {"unbalanced_entries": 0}, "1000000": {"unbalanced_entries": 0}},
+            "counts": {"10000": {"escrows": 10_100}, "1000000": {"escrows": 1_000_100}},
         },
     }
     written = report.write(results, tmp_path / "benchmarks.md", tmp_path / "plots")
@@ -310,6 +322,8 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert "| throughput with 1,000,000 escrows ≥ 0.9× with 10,000 | 0.90× | **met** |" in text  # noqa: RUF001
     assert "| 1,000,000 | 100.0 | 36.0 | 34.0 + 38.0 | 10.0 |" in text
     assert "in the order 10,000 → 1,000,000 → 1,000,000 → 10,000" in text
+    assert "(at most 75 jobs, 2.0 s; 0 left)" in text
+    assert "- 1,000,000 escrows: unbalanced_entries 0. Rows: escrows 1,000,100." in text
     assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
     assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
     assert "cores used — emanet server 1.20 (0.70 + 0.50 by process), load generator 0.05" in text
