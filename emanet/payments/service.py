@@ -1080,7 +1080,9 @@ async def receive_webhook(
 ) -> WebhookReply:
     """Verify (no transaction open: some schemes call the provider), then store the event by its id and act on
     it in ONE transaction. A concurrent delivery of the same event waits on the unique index and then finds
-    it stored, so whatever the number of deliveries the event takes effect once."""
+    it stored, so whatever the number of deliveries the event takes effect at most once. An event our rules
+    refuse is stored with the refusal in a transaction of its own; a delivery that arrives before that may
+    act on the event again, and the later of the two records the outcome."""
     provider = webhook_provider(provider_name, settings, database)
     event = await provider.parse_webhook(headers, body, remote_ip)
     try:
@@ -1091,19 +1093,39 @@ async def receive_webhook(
             else:
                 await _process_event(session, settings, provider_name, stored, event)
     except EmanetError as exc:
+        if exc.status >= 500:
+            raise  # something failed on our side, not a refusal: the provider delivers again
         # Refused by our rules (an illegal transition, a mismatch): nothing it did stays, and redelivering
         # would not change it, so the event is stored with the refusal and acknowledged. Rolling back the
         # whole transaction here, not a savepoint around the processing, spares every accepted event the
         # SAVEPOINT and RELEASE round trips.
+        detail = f"{exc.code}: {exc.detail}"[:300]
         async with database.transaction() as session:
-            stored = await _store_event(session, provider_name, event)
-            if stored is not None:  # else a concurrent delivery stored it meanwhile, and acted on it
-                stored.outcome, stored.detail = "refused", f"{exc.code}: {exc.detail}"[:300]
-        log.warning("provider_event_refused", provider=provider_name, event_id=event.event_id, code=exc.code)
+            stored = await _store_event(session, provider_name, event, outcome="refused", detail=detail)
+        if stored is None:  # a concurrent delivery stored it meanwhile, and acted on it
+            log.info("provider_event_duplicate", provider=provider_name, event_id=event.event_id)
+        else:
+            log.warning(
+                "provider_event_refused", provider=provider_name, event_id=event.event_id, code=exc.code
+            )
+            _log_outcome(provider_name, event, stored)
     return provider.webhook_reply(event)
 
 
-async def _store_event(session: AsyncSession, provider: str, event: WebhookEvent) -> ProviderEvent | None:
+def _log_outcome(provider: str, event: WebhookEvent, stored: ProviderEvent) -> None:
+    log.info(
+        "provider_event", provider=provider, event_id=event.event_id, type=event.type, outcome=stored.outcome
+    )
+
+
+async def _store_event(
+    session: AsyncSession,
+    provider: str,
+    event: WebhookEvent,
+    *,
+    outcome: str = "received",
+    detail: str | None = None,
+) -> ProviderEvent | None:
     reference = (
         event.payment_reference
         if event.kind == "payment"
@@ -1121,7 +1143,8 @@ async def _store_event(session: AsyncSession, provider: str, event: WebhookEvent
                     kind=event.kind,
                     status=event.status,
                     object_reference=reference,
-                    outcome="received",
+                    outcome=outcome,
+                    detail=detail,
                     payload=_json_safe(event.raw),
                     received_at=clock.now(),
                 )
@@ -1148,9 +1171,7 @@ async def _process_event(
     else:
         stored.outcome = "ignored"
         stored.detail = "event type not acted on"
-    log.info(
-        "provider_event", provider=provider, event_id=event.event_id, type=event.type, outcome=stored.outcome
-    )
+    _log_outcome(provider, event, stored)
 
 
 async def _on_payment_event(

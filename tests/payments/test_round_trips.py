@@ -66,12 +66,14 @@ async def test_each_lifecycle_step_stays_within_its_round_trips(
         [(msg_id, body)] = await undelivered_sandbox_webhooks(database)
         savepoints.clear()
         event.listen(database.engine.sync_engine, "savepoint", on_savepoint)
-        with count_queries() as webhook:
-            delivered = await client.post(
-                "/api/v1/webhooks/sandbox", content=body, headers=signed(settings, msg_id, body)
-            )
-            assert delivered.status_code == 200, delivered.text
-        event.remove(database.engine.sync_engine, "savepoint", on_savepoint)
+        try:
+            with count_queries() as webhook:
+                delivered = await client.post(
+                    "/api/v1/webhooks/sandbox", content=body, headers=signed(settings, msg_id, body)
+                )
+                assert delivered.status_code == 200, delivered.text
+        finally:
+            event.remove(database.engine.sync_engine, "savepoint", on_savepoint)
         assert savepoints == []  # an accepted event costs no SAVEPOINT and RELEASE round trips
         clock.advance(hours=25)
         with count_queries() as release:

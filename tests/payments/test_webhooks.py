@@ -20,8 +20,10 @@ from sqlalchemy import func, select
 
 from emanet.core.clock import FrozenClock
 from emanet.core.db import Database
+from emanet.core.errors import ServiceUnavailable
 from emanet.core.settings import Settings
 from emanet.core.tasks import JobContext
+from emanet.escrow import service as escrow_service
 from emanet.ledger.models import JournalEntry
 from emanet.payments import tasks
 from emanet.payments.models import Payment, ProviderEvent
@@ -180,6 +182,27 @@ async def test_a_refusal_part_way_through_leaves_nothing_of_what_the_event_began
     # the same delivery again is a duplicate: acknowledged, nothing more happens
     again = await live.http.post(WEBHOOK, content=bad, headers=signed(settings, msg_id, bad))
     assert again.status_code == 200 and await counts(database) == (1, 0)
+    await assert_ledger_invariants(database)
+
+
+async def test_a_failure_on_our_side_is_not_a_refusal_the_provider_delivers_again(
+    live: Live, factory: Factory, database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buyer, escrow, payment, msg_id, body = await paid_but_unannounced(live, factory, database)
+
+    async def unavailable(*_: Any, **__: Any) -> None:
+        raise ServiceUnavailable("the ledger is being migrated")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(escrow_service, "record_payment_captured", unavailable)
+        failed = await live.http.post(WEBHOOK, content=body, headers=signed(settings, msg_id, body))
+    assert failed.status_code == 503
+    assert await counts(database) == (0, 0)  # not stored: the next delivery acts on it
+    assert (await get_payment(live.http, buyer, payment["id"]))["status"] == "requires_action"
+    again = await live.http.post(WEBHOOK, content=body, headers=signed(settings, msg_id, body))
+    assert again.status_code == 200
+    assert await counts(database) == (1, 1)
+    assert (await escrow_of(live.http, buyer, escrow["id"]))["status"] == "funded"
     await assert_ledger_invariants(database)
 
 
