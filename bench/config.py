@@ -19,6 +19,7 @@ class Plan:
     warmup_seconds: float
     read_clients: int
     read_seconds: int
+    floor_seconds: int  # GET /health/live and GET /api/v1/me: the cost of a request itself
     ledger_processes: int
     ledger_connections: int  # in all, split over the processes (pgbench's 8 clients)
     ledger_accounts: int
@@ -48,6 +49,7 @@ FULL = Plan(
     warmup_seconds=3,
     read_clients=64,
     read_seconds=20,
+    floor_seconds=10,
     ledger_processes=2,
     ledger_connections=8,
     ledger_accounts=400,
@@ -73,6 +75,7 @@ QUICK = Plan(
     warmup_seconds=1,
     read_clients=64,
     read_seconds=4,
+    floor_seconds=3,
     ledger_processes=2,
     ledger_connections=8,
     ledger_accounts=400,

@@ -234,7 +234,55 @@ def cost_per_step(r: dict[str, Any]) -> list[str]:
         " On two cores the Python processes' CPU per step bounds the throughput; the statement counts and "
         "the profiles below show what it is spent on."
     )
-    return [line, ""]
+    return [line, "", *request_floor(r)]
+
+
+FLOOR_ROWS = (
+    (
+        "health_live",
+        "floor",
+        "`GET /health/live`",
+        "the HTTP server, routing and middleware; no token, no database",
+    ),
+    (
+        "me",
+        "floor",
+        "`GET /api/v1/me`",
+        "+ the token, a transaction and one statement (the caller's user row)",
+    ),
+    (
+        "get_escrow",
+        "reads",
+        "`GET /api/v1/escrows/{id}`",
+        "+ three statements: the escrow, its ledger lines, its payments",
+    ),
+)
+
+
+def request_floor(r: dict[str, Any]) -> list[str]:
+    """What a request costs by itself, and with the least database work: the floor under every step."""
+    rows = []
+    for label, section, request, does in FLOOR_ROWS:
+        run = r.get(section, {}).get(label)
+        if run is None:
+            continue
+        rows.append(
+            [
+                request,
+                does,
+                fmt(run["steps"][label]["per_second"], 0),
+                fmt(server_ms_value(run), 2),
+                fmt(server_ms_value(run, "postgres"), 2),
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        f"The floor under every request, at {r.get('plan', {}).get('read_clients')} clients:",
+        "",
+        table(["request", "what it does", "per second", "server CPU ms", "postgres CPU ms"], rows),
+        "",
+    ]
 
 
 def others_cores(run: dict[str, Any], r: dict[str, Any]) -> float:

@@ -235,6 +235,34 @@ async def read_targets(
     return {"one": one, "list": listing}
 
 
+FLOOR_PATHS = {
+    "health_live": "/health/live",  # the HTTP stack and middleware alone: no token, no database
+    "me": "/api/v1/me",  # plus a token, a transaction and one statement (the caller's user row)
+}
+
+
+def request_floor(stack: Stack, plan: Plan, workdir: Path, people: dict[str, Any]) -> dict[str, Any]:
+    """What a request costs before it does any work of its own, and with the least database work."""
+    floor = {}
+    for label, path in FLOOR_PATHS.items():
+        floor[label] = http_run(
+            stack,
+            workdir,
+            f"floor-{label}",
+            {
+                "scenario": label,
+                "clients": plan.read_clients,
+                "seconds": plan.floor_seconds,
+                "warmup_seconds": plan.warmup_seconds,
+                "paths": [{"path": path, "token": person["token"]} for person in people["people"]],
+            },
+            plan.floor_seconds,
+        )
+        step = floor[label]["steps"][label]
+        say(f"{path}: {step['per_second']} req/s, p99 {step['p99_ms']} ms")
+    return floor
+
+
 # ------------------------------------------------------------------------------------------ ledger
 def wallet_slices(plan: Plan) -> list[list[int]]:
     """Disjoint slices of the wallets, one per connection over all processes."""
@@ -633,6 +661,7 @@ def main() -> None:
                 results["reads"][label] = run
                 step = run["steps"][label]
                 say(f"{label}: {step['per_second']} req/s, p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms")
+            results["floor"] = request_floor(stack, plan, workdir, people)
         asyncio.run(pg.drop_database(names["api"]))
 
         asyncio.run(pg.create_database(names["ledger"]))

@@ -247,6 +247,19 @@ def test_combined_scale_runs_average_throughput_and_keep_the_worst_latency() -> 
     assert report.server_ms_value(merged) == pytest.approx(1.1 * 1000 / 120)
 
 
+def _read_run(label: str, per_second: float, cores: dict[str, float]) -> dict[str, Any]:
+    step = {"count": 1, "per_second": per_second, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0}
+    return {
+        "window_s": 10.0,
+        "steps": {label: {**step, "errors": {}}},
+        "steps_per_second": per_second,
+        "cycles_per_second": 0.0,
+        "cpu": {"cores_used": cores, "machine_busy_pct": 100.0, "server_processes": [0.5, 0.5]},
+        "loadgen_cpu_s": 1.0,
+        "error_samples": [],
+    }
+
+
 def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     steps = {
         s: {
@@ -276,11 +289,15 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     }
     ledger = {"entries_per_second": 500.0, "postings_per_second": 1000.0, "client_cpu_s": 3.0, "errors": []}
     results = {
-        "plan": {"quick": True, "server_workers": 2, "ledger_batch_size": 100},
+        "plan": {"quick": True, "server_workers": 2, "ledger_batch_size": 100, "read_clients": 64},
         "machine": {"cpus": 2},
         "postgres": {"version": "15"},
         "pgbench": [[{"clients": 8, "tps": 1000.0, "latency_ms": 8.0, "transactions": 30000, "seconds": 30}]],
         "lifecycle": {"8": run},
+        "floor": {
+            "health_live": _read_run("health_live", 5000.0, {"emanet server": 0.75, "postgres": 0.01}),
+            "me": _read_run("me", 2000.0, {"emanet server": 1.4, "postgres": 0.2}),
+        },
         "ledger": {"single": ledger, "batch": ledger, "pgbench_statement": {"tps": 400.0}},
         "hordak": {"single": {**ledger, "entries_per_second": 100.0}},
         "profile": {
@@ -324,6 +341,14 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert "in the order 10,000 → 1,000,000 → 1,000,000 → 10,000" in text
     assert "(at most 75 jobs, 2.0 s; 0 left)" in text
     assert "- 1,000,000 escrows: unbalanced_entries 0. Rows: escrows 1,000,100." in text
+    assert (
+        "| `GET /health/live` | the HTTP server, routing and middleware; no token, no database "
+        "| 5,000 | 0.15 | 0.00 |" in text
+    )
+    assert (
+        "| `GET /api/v1/me` | + the token, a transaction and one statement (the caller's user row) "
+        "| 2,000 | 0.70 | 0.10 |" in text
+    )
     assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
     assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
     assert "cores used — emanet server 1.20 (0.70 + 0.50 by process), load generator 0.05" in text
