@@ -47,6 +47,17 @@ def verdict(ok: bool | None) -> str:
     return "–" if ok is None else ("**met**" if ok else "not met")
 
 
+def quotient_row(
+    label: str, top: float, bottom: float, digits: tuple[int, int] = (1, 0), unit: str = ""
+) -> list[str]:
+    """A row of the ratio table: what is divided by what, and the quotient."""
+    return [
+        label,
+        f"{fmt(top, digits[0])}{unit} ÷ {fmt(bottom, digits[1])}{unit}",
+        fmt(ratio(top, bottom), 2) + "×",
+    ]
+
+
 def _safe(fn: Any, default: Any = math.nan) -> Any:
     try:
         return fn()
@@ -61,20 +72,12 @@ def ratios_and_targets(r: dict[str, Any]) -> tuple[list[list[str]], list[list[st
     for clients, run in r.get("lifecycle", {}).items():
         tps = pgbench_tps(r, int(clients))
         steps = run["steps_per_second"]
-        ratio_rows.append(
-            [
-                f"lifecycle steps/s ÷ pgbench tps, {clients} clients",
-                f"{fmt(steps, 1)} ÷ {fmt(tps)}",
-                fmt(ratio(steps, tps), 2) + "×",
-            ]
-        )
-        ratio_rows.append(
-            [
-                f"lifecycle cycles/s ÷ pgbench tps, {clients} clients",
-                f"{fmt(run['cycles_per_second'], 1)} ÷ {fmt(tps)}",
-                fmt(ratio(run["cycles_per_second"], tps), 2) + "×",
-            ]
-        )
+        ratio_rows += [
+            quotient_row(f"lifecycle steps/s ÷ pgbench tps, {clients} clients", steps, tps),
+            quotient_row(
+                f"lifecycle cycles/s ÷ pgbench tps, {clients} clients", run["cycles_per_second"], tps
+            ),
+        ]
         value = ratio(steps, tps)
         target_rows.append(
             [
@@ -92,36 +95,17 @@ def ratios_and_targets(r: dict[str, Any]) -> tuple[list[list[str]], list[list[st
     batch_entries = _safe(lambda: ledger["batch"]["entries_per_second"])
     statement_tps = _safe(lambda: ledger["pgbench_statement"]["tps"])
     ratio_rows += [
-        [
-            "ledger single transfers/s ÷ pgbench tps (8)",
-            f"{fmt(single, 1)} ÷ {fmt(base)}",
-            fmt(ratio(single, base), 2) + "×",
-        ],
-        [
+        quotient_row("ledger single transfers/s ÷ pgbench tps (8)", single, base),
+        quotient_row(
             "`post_entry`'s statement under pgbench (no Python) ÷ pgbench tps (8): the database's ceiling",
-            f"{fmt(statement_tps)} ÷ {fmt(base)}",
-            fmt(ratio(statement_tps, base), 2) + "×",
-        ],
-        [
-            "ledger single transfers/s ÷ its statement under pgbench",
-            f"{fmt(single, 1)} ÷ {fmt(statement_tps)}",
-            fmt(ratio(single, statement_tps), 2) + "×",
-        ],
-        [
-            "ledger batched postings/s ÷ pgbench tps (8)",
-            f"{fmt(batch_postings, 1)} ÷ {fmt(base)}",
-            fmt(ratio(batch_postings, base), 2) + "×",
-        ],
-        [
-            "ledger ÷ django-hordak, single transfers",
-            f"{fmt(single, 1)} ÷ {fmt(hordak_single, 1)}",
-            fmt(ratio(single, hordak_single), 2) + "×",
-        ],
-        [
-            "ledger ÷ django-hordak, batched transfers",
-            f"{fmt(batch_entries, 1)} ÷ {fmt(hordak_batch, 1)}",
-            fmt(ratio(batch_entries, hordak_batch), 2) + "×",
-        ],
+            statement_tps,
+            base,
+            (0, 0),
+        ),
+        quotient_row("ledger single transfers/s ÷ its statement under pgbench", single, statement_tps),
+        quotient_row("ledger batched postings/s ÷ pgbench tps (8)", batch_postings, base),
+        quotient_row("ledger ÷ django-hordak, single transfers", single, hordak_single, (1, 1)),
+        quotient_row("ledger ÷ django-hordak, batched transfers", batch_entries, hordak_batch, (1, 1)),
     ]
 
     def target(label: str, value: float, goal: float, unit: str = "×", lower_is_better: bool = False) -> None:
@@ -143,21 +127,21 @@ def ratios_and_targets(r: dict[str, Any]) -> tuple[list[list[str]], list[list[st
         keys = sorted(sizes, key=int)
         small, large = sizes[keys[0]]["lifecycle"], sizes[keys[-1]]["lifecycle"]
         scale = ratio(large["steps_per_second"], small["steps_per_second"])
-        ratio_rows.append(
-            [
+        ratio_rows += [
+            quotient_row(
                 f"lifecycle throughput, {int(keys[-1]):,} ÷ {int(keys[0]):,} escrows",
-                f"{fmt(large['steps_per_second'], 1)} ÷ {fmt(small['steps_per_second'], 1)}",
-                fmt(scale, 2) + "×",
-            ]
-        )
-        small_ms, large_ms = server_ms_value(small), server_ms_value(large)
-        ratio_rows.append(
-            [
+                large["steps_per_second"],
+                small["steps_per_second"],
+                (1, 1),
+            ),
+            quotient_row(
                 f"server CPU per step, {int(keys[0]):,} ÷ {int(keys[-1]):,} escrows (less sensitive to other load)",
-                f"{fmt(small_ms, 1)} ms ÷ {fmt(large_ms, 1)} ms",
-                fmt(ratio(small_ms, large_ms), 2) + "×",
-            ]
-        )
+                server_ms_value(small),
+                server_ms_value(large),
+                (1, 1),
+                " ms",
+            ),
+        ]
         target(f"throughput with {int(keys[-1]):,} escrows ≥ 0.9× with {int(keys[0]):,}", scale, 0.9)
     stats = r.get("scale", {}).get("stats", {})
     target(
