@@ -186,6 +186,13 @@ def _verify_builtin(token: str, secret: str, audience: str | None, issuer: str) 
     return _verify_signed(token, secret, algorithms=["HS256"], audience=audience, issuer=issuer)
 
 
+@functools.lru_cache(maxsize=2048)
+def _claimed_issuer(token: str) -> Any:
+    """Who the token says issued it, unverified: picks the key to check it with. Remembered like
+    ``_verify_builtin``, as decoding costs as much as the check itself."""
+    return jwt.decode(token, options={"verify_signature": False}).get("iss")
+
+
 def _check_lifetime(claims: dict[str, Any], leeway: int) -> dict[str, Any]:
     now = clock.now().timestamp()
     if claims["exp"] + leeway < now:
@@ -198,10 +205,9 @@ def _check_lifetime(claims: dict[str, Any], leeway: int) -> dict[str, Any]:
 async def verify_token(token: str, settings: Settings) -> VerifiedToken:
     """Check a bearer JWT from the built-in issuer or the configured OIDC provider (no database access)."""
     try:
-        unverified = jwt.decode(token, options={"verify_signature": False})
+        issuer = _claimed_issuer(token)
     except jwt.PyJWTError as exc:
         raise Unauthorized("Malformed bearer token") from exc
-    issuer = unverified.get("iss")
     try:
         if issuer == settings.jwt_issuer:
             claims = _verify_builtin(token, settings.secret_key, settings.jwt_audience, settings.jwt_issuer)

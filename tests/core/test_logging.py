@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
+
 import httpx
 import pytest
+import structlog
 
-from emanet.core.logging import REDACTED, scrub_text
+from emanet.core.logging import REDACTED, configure_logging, scrub_text
 from tests.conftest import bearer
 from tests.core.conftest import LogCapture
 from tests.factories import Factory
@@ -73,3 +77,29 @@ async def test_secrets_never_reach_the_log(
 )
 def test_scrub_text(text: str, expected: str) -> None:
     assert scrub_text(text) == expected
+
+
+def test_events_below_the_level_skip_the_processors() -> None:
+    """At WARNING an info event is dropped before redaction and rendering, which would cost every request."""
+    rendered: list[str] = []
+
+    class Spy(str):
+        def __str__(self) -> str:  # the redaction reads every key of a logged mapping
+            rendered.append("scrubbed")
+            return str.__str__(self)
+
+    saved_config, root = structlog.get_config(), logging.getLogger()
+    saved_level, saved_handlers = root.level, root.handlers
+    try:
+        configure_logging("WARNING")
+        root.handlers[0].setStream(io.StringIO())  # type: ignore[attr-defined]
+        log = structlog.get_logger("emanet.test")
+        log.info("dropped", fields={Spy("note"): 1})
+        assert rendered == []
+        log.warning("kept", fields={Spy("note"): 1})
+        assert rendered == ["scrubbed"]
+        assert root.handlers[0].stream.getvalue().count('"kept"') == 1  # type: ignore[attr-defined]
+    finally:
+        structlog.configure(**saved_config)
+        root.setLevel(saved_level)
+        root.handlers = saved_handlers
