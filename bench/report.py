@@ -269,6 +269,105 @@ def request_floor(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def cpu_ms_per_request(run: dict[str, Any]) -> float:
+    """CPU of every process the run measured (the load generator too) per request, in ms."""
+    per_second = run.get("steps_per_second") or 0
+    if not per_second:
+        return math.nan
+    cores = sum(run.get("cpu", {}).get("cores_used", {}).values())
+    cores += run.get("loadgen_cpu_s", 0) / max(run.get("window_s", 1), 1e-9)
+    return float(cores * 1000 / per_second)
+
+
+def what_targets_need(r: dict[str, Any]) -> list[str]:
+    """For each target not met, the throughput it implies on this machine beside the measured floor: the
+    arithmetic behind "not met", so nobody has to redo it."""
+    cpus = r.get("machine", {}).get("cpus") or 1
+    plan = r.get("plan", {})
+    rows: list[list[str]] = []
+    floor = r.get("floor", {})
+    health_ms = server_ms_value(floor["health_live"]) if "health_live" in floor else math.nan
+    me_ms = cpu_ms_per_request(floor["me"]) if "me" in floor else math.nan
+    for clients, run in sorted(r.get("lifecycle", {}).items(), key=lambda kv: int(kv[0])):
+        need = 0.5 * pgbench_tps(r, int(clients))
+        if math.isnan(need) or not run.get("steps_per_second") or run["steps_per_second"] >= need:
+            continue
+        split = ", ".join(
+            f"{name} {fmt(server_ms_value(run, name), 1)}"
+            for name in run.get("cpu", {}).get("cores_used", {})
+        )
+        rows.append(
+            [
+                f"lifecycle ≥ 0.5× pgbench, {clients} clients",
+                f"{fmt(need)} steps/s: {fmt(cpus * 1000 / need, 2)} ms of CPU per step for every process "
+                f"together on {cpus} cores",
+                f"a step costs {fmt(cpu_ms_per_request(run), 1)} ms ({split}, load generator included); an "
+                f"authenticated one-statement read (`GET /api/v1/me`) costs {fmt(me_ms, 2)} ms, and the HTTP "
+                f"server alone (`GET /health/live`) {fmt(health_ms, 2)} ms of server CPU",
+            ]
+        )
+    lifecycle = r.get("lifecycle", {})
+    if lifecycle:
+        clients = max(lifecycle, key=int)
+        run = lifecycle[clients]
+        worst = max((s["p99_ms"] for s in run["steps"].values()), default=math.nan)
+        if run.get("steps_per_second") and worst > 50:
+            rows.append(
+                [
+                    f"p99 ≤ 50 ms per step, {clients} clients",
+                    f"each client sends its next request when the last is answered, so the mean latency is "
+                    f"clients ÷ throughput (Little's law): a p99 within 50 ms needs more than "
+                    f"{fmt(int(clients) / 0.050)} steps/s",
+                    f"{fmt(run['steps_per_second'], 1)} steps/s: a mean of "
+                    f"{fmt(int(clients) * 1000 / run['steps_per_second'])} ms per step",
+                ]
+            )
+    read = r.get("reads", {}).get("get_escrow")
+    read_clients = plan.get("read_clients") or 0
+    if read and read_clients and read["steps"]["get_escrow"]["p99_ms"] > 10:
+        ms = server_ms_value(read) + server_ms_value(read, "postgres")
+        health = floor.get("health_live", {}).get("steps_per_second")
+        rows.append(
+            [
+                f"`GET /escrows/{{id}}` p99 ≤ 10 ms, {read_clients} clients",
+                f"more than {fmt(read_clients / 0.010)} reads/s, by the same law",
+                f"{fmt(read['steps_per_second'])} reads/s; at {fmt(ms, 2)} ms of server and PostgreSQL CPU each, "
+                f"{cpus} cores give at most {fmt(cpus * 1000 / ms)}/s"
+                + (
+                    f"; the HTTP server with no token and no database answers {fmt(health)}/s"
+                    if health
+                    else ""
+                ),
+            ]
+        )
+    ledger, hordak = r.get("ledger", {}), r.get("hordak", {})
+    single = _safe(lambda: ledger["single"]["entries_per_second"])
+    ceiling = _safe(lambda: ledger["pgbench_statement"]["tps"])
+    needs = [
+        ("ledger single transfers ≥ 0.8× pgbench", 0.8 * pgbench_tps(r, 8)),
+        ("ledger ≥ 5× django-hordak, single", 5 * _safe(lambda: hordak["single"]["entries_per_second"])),
+    ]
+    for label, need in needs:
+        if not math.isnan(need) and single < need and not math.isnan(ceiling):
+            rows.append(
+                [
+                    label,
+                    f"{fmt(need)} transfers/s",
+                    f"{fmt(single)}/s; `post_entry`'s own statement, sent by pgbench with no Python at all, "
+                    f"reaches {fmt(ceiling)}/s on this database"
+                    + (" — below what the target needs" if ceiling < need else ""),
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "### What the targets not met would take on this machine",
+        "",
+        table(["target", "what it needs here", "what this run measured"], rows),
+        "",
+    ]
+
+
 def others_cores(run: dict[str, Any], r: dict[str, Any]) -> float:
     """Cores used during a run by processes that are not the benchmark's (the machine may be shared)."""
     cpus = r.get("machine", {}).get("cpus") or 1
@@ -487,6 +586,7 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
         "",
         table(["ratio", "figures", "ratio"], ratio_rows),
         "",
+        *what_targets_need(r),
         *[f"![{name}]({plot_dir}/{name})" for name in images],
         "",
         "## Machine and settings",
