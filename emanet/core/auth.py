@@ -186,11 +186,15 @@ def _verify_builtin(token: str, secret: str, audience: str | None, issuer: str) 
     return _verify_signed(token, secret, algorithms=["HS256"], audience=audience, issuer=issuer)
 
 
-@functools.lru_cache(maxsize=2048)
 def _claimed_issuer(token: str) -> Any:
-    """Who the token says issued it, unverified: picks the key to check it with. Remembered like
-    ``_verify_builtin``, as decoding costs as much as the check itself."""
+    """Who the token says issued it, unverified: picks the key to check it with."""
     return jwt.decode(token, options={"verify_signature": False}).get("iss")
+
+
+# Decoding costs as much as the check itself, so it is remembered too; unlike a verified token anyone can
+# send one, so only tokens of a sane length are kept (at most 2048 x 4 KB).
+_remembered_issuer = functools.lru_cache(maxsize=2048)(_claimed_issuer)
+REMEMBERED_TOKEN_LENGTH = 4096
 
 
 def _check_lifetime(claims: dict[str, Any], leeway: int) -> dict[str, Any]:
@@ -205,7 +209,7 @@ def _check_lifetime(claims: dict[str, Any], leeway: int) -> dict[str, Any]:
 async def verify_token(token: str, settings: Settings) -> VerifiedToken:
     """Check a bearer JWT from the built-in issuer or the configured OIDC provider (no database access)."""
     try:
-        issuer = _claimed_issuer(token)
+        issuer = (_remembered_issuer if len(token) <= REMEMBERED_TOKEN_LENGTH else _claimed_issuer)(token)
     except jwt.PyJWTError as exc:
         raise Unauthorized("Malformed bearer token") from exc
     try:

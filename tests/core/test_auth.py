@@ -9,7 +9,13 @@ import jwt
 import pytest
 from sqlalchemy import select
 
-from emanet.core.auth import _claimed_issuer, _verify_builtin, hash_api_key, issue_access_token
+from emanet.core.auth import (
+    REMEMBERED_TOKEN_LENGTH,
+    _remembered_issuer,
+    _verify_builtin,
+    hash_api_key,
+    issue_access_token,
+)
 from emanet.core.db import Database
 from emanet.core.settings import Settings
 from emanet.users.models import ApiKey, Role, User, UserStatus
@@ -70,12 +76,21 @@ async def test_a_token_is_decoded_once_then_remembered(
     user = await factory.user()
     headers = bearer(user)
     assert (await client.get("/api/v1/me", headers=headers)).status_code == 200
-    decoded, verified = _claimed_issuer.cache_info(), _verify_builtin.cache_info()
+    decoded, verified = _remembered_issuer.cache_info(), _verify_builtin.cache_info()
     for _ in range(3):
         assert (await client.get("/api/v1/me", headers=headers)).status_code == 200
-    assert _claimed_issuer.cache_info().misses == decoded.misses
-    assert _claimed_issuer.cache_info().hits >= decoded.hits + 3
+    assert _remembered_issuer.cache_info().misses == decoded.misses
+    assert _remembered_issuer.cache_info().hits >= decoded.hits + 3
     assert _verify_builtin.cache_info().misses == verified.misses
+    # Anyone can send a token: an oversized one is decoded (and refused) but never kept.
+    padded = jwt.encode(
+        {"iss": settings.jwt_issuer, "sub": user.id, "pad": "x" * REMEMBERED_TOKEN_LENGTH},
+        "not-our-secret-but-32-bytes-or-longer",
+    )
+    kept = _remembered_issuer.cache_info().currsize
+    response = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {padded}"})
+    assert_problem(response, 401, "unauthorized")
+    assert _remembered_issuer.cache_info().currsize == kept
 
 
 @pytest.mark.parametrize("change", ["secret", "audience", "issuer", "garbage", "scheme", "unknown_user"])
