@@ -296,14 +296,21 @@ def what_targets_need(r: dict[str, Any]) -> list[str]:
             f"{name} {fmt(server_ms_value(run, name), 1)}"
             for name in run.get("cpu", {}).get("cores_used", {})
         )
+        budget, database_ms = cpus * 1000 / need, server_ms_value(run, "postgres")
+        database_alone = (
+            f"; PostgreSQL's part alone is {fmt(database_ms / budget, 1)}× that budget"
+            if database_ms > budget
+            else ""
+        )
         rows.append(
             [
                 f"lifecycle ≥ 0.5× pgbench, {clients} clients",
-                f"{fmt(need)} steps/s: {fmt(cpus * 1000 / need, 2)} ms of CPU per step for every process "
-                f"together on {cpus} cores",
-                f"a step costs {fmt(cpu_ms_per_request(run), 1)} ms ({split}, load generator included); an "
-                f"authenticated one-statement read (`GET /api/v1/me`) costs {fmt(me_ms, 2)} ms, and the HTTP "
-                f"server alone (`GET /health/live`) {fmt(health_ms, 2)} ms of server CPU",
+                f"{fmt(need)} steps/s: {fmt(budget, 2)} ms of CPU per step for every process together on "
+                f"{cpus} cores",
+                f"a step costs {fmt(cpu_ms_per_request(run), 1)} ms ({split}, load generator included)"
+                f"{database_alone}; an authenticated one-statement read (`GET /api/v1/me`) costs "
+                f"{fmt(me_ms, 2)} ms, and the HTTP server alone (`GET /health/live`) {fmt(health_ms, 2)} ms "
+                "of server CPU",
             ]
         )
     lifecycle = r.get("lifecycle", {})

@@ -275,6 +275,20 @@ def test_a_p99_target_is_set_against_littles_law() -> None:
     )
 
 
+def test_the_lifecycle_budget_is_set_against_the_databases_own_part() -> None:
+    """At 0.5x of 4,000 tps two cores leave 1 ms per step; PostgreSQL alone spent 3.1 ms (0.5 cores / 160)."""
+    run = _lifecycle_run(160.0, 300.0, 1.0, {})
+    results = {
+        "machine": {"cpus": 2},
+        "pgbench": [[{"clients": 32, "tps": 4000.0}]],
+        "lifecycle": {"32": run},
+    }
+    [row] = [line for line in report.what_targets_need(results) if "0.5× pgbench" in line]  # noqa: RUF001
+    assert "| 2,000 steps/s: 1.00 ms of CPU per step for every process together on 2 cores |" in row
+    assert "(emanet server 6.2, postgres 3.1, load generator included)" in row
+    assert "; PostgreSQL's part alone is 3.1× that budget;" in row  # noqa: RUF001
+
+
 def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     steps = {
         s: {
