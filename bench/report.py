@@ -791,7 +791,7 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             "USD) between bulk users, one every 31.5 s back from now (1,000,000 a year); 80 % released with "
             "their two ledger entries exactly as Emanet writes them (capture: sandbox clearing → escrow; "
             "release: escrow → the seller's wallet and platform fees), their escrow account and the balances "
-            "updated; 12 % cancelled and 8 % expired before payment (no money moved, no ledger rows); two "
+            "updated, and their succeeded sandbox payment with its attempt; 12 % cancelled and 8 % expired before payment (no money moved, no ledger rows); two "
             f"activity rows each. The lifecycle then runs at {plan.get('scale_clients')} clients for "
             f"{plan.get('scale_seconds')} s at a time, alternating between the databases in the order "
             f"{' → '.join(f'{int(s):,}' for s in scale.get('order', []))}, each run on an Emanet stack started "

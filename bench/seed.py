@@ -154,6 +154,26 @@ SELECT $1 + 2 * (r - 1) + 1, 'escrow:' || id || ':release', currency, total_due,
 FROM bulk WHERE r IS NOT NULL
 """
 
+# Each release's payment as the sandbox's success card leaves it, with its one attempt: the webhook and the
+# browser's return find an attempt among all of them by reference.
+_PAYMENTS = """
+INSERT INTO payments (id, escrow_id, payer_id, provider, method, amount, currency, captured_amount,
+                      refunded_amount, status, attempt, provider_reference, return_url, save_card,
+                      last_checked_at, succeeded_at, created_at, updated_at)
+SELECT 'pay_bulk' || lpad(i::text, 12, '0'), id, buyer_id, 'sandbox', 'card', total_due, currency, total_due,
+       0, 'succeeded', 1, 'ch_sandbox_bulk' || lpad(i::text, 12, '0'), 'https://shop.example/return', false,
+       created_at + interval '1 hour', created_at + interval '1 hour', created_at, created_at + interval '1 hour'
+FROM bulk WHERE r IS NOT NULL
+"""
+
+_ATTEMPTS = """
+INSERT INTO payment_attempts (key, payment_id, number, provider, provider_reference, status, created_at,
+                              updated_at)
+SELECT 'pay_bulk' || lpad(i::text, 12, '0') || '-1', 'pay_bulk' || lpad(i::text, 12, '0'), 1, 'sandbox',
+       'ch_sandbox_bulk' || lpad(i::text, 12, '0'), 'succeeded', created_at, created_at + interval '1 hour'
+FROM bulk WHERE r IS NOT NULL
+"""
+
 _POSTINGS = """
 WITH hot AS (
     SELECT code, currency, id FROM ledger_accounts WHERE code IN ('provider:sandbox:clearing', 'platform:fees')
@@ -224,6 +244,8 @@ async def load(dsn: str, first: int, count: int, *, total: int, log: Any = print
                 await connection.execute(_ENTRIES, entries)
                 await connection.execute(_POSTINGS, entries, accounts)
                 await connection.execute(_BALANCES)
+                await connection.execute(_PAYMENTS)
+                await connection.execute(_ATTEMPTS)
             log(f"  loaded escrows {low:,}…{high:,} ({time.perf_counter() - started:.0f} s)")
         load_seconds = time.perf_counter() - started
         for table in (
@@ -234,6 +256,8 @@ async def load(dsn: str, first: int, count: int, *, total: int, log: Any = print
             "ledger_balances",
             "ledger_entries",
             "ledger_postings",
+            "payments",
+            "payment_attempts",
         ):
             await connection.execute(f"VACUUM (ANALYZE) {table}")
         # The load's dirty pages written now, not by a checkpoint in the middle of the run measured next.
@@ -271,6 +295,11 @@ _VERIFY = {
         LEFT JOIN (SELECT escrow_id, sum(amount) FILTER (WHERE reference LIKE 'payment:%') AS paid
                    FROM ledger_entries GROUP BY escrow_id) l ON l.escrow_id = e.id
         WHERE e.funded_amount <> coalesce(l.paid, 0)""",
+    "captures_without_payment": """
+        SELECT count(*) FROM ledger_entries e
+        WHERE e.reference LIKE 'payment:%:capture'
+          AND NOT EXISTS (SELECT 1 FROM payments p JOIN payment_attempts a ON a.payment_id = p.id
+                          WHERE p.id = split_part(e.reference, ':', 2) AND p.captured_amount > 0)""",
 }
 
 
@@ -289,7 +318,14 @@ async def counts(dsn: str) -> dict[str, int]:
     try:
         return {
             table: int(await connection.fetchval(f"SELECT count(*) FROM {table}"))
-            for table in ("escrows", "ledger_entries", "ledger_postings", "ledger_accounts", "users")
+            for table in (
+                "escrows",
+                "payments",
+                "ledger_entries",
+                "ledger_postings",
+                "ledger_accounts",
+                "users",
+            )
         }
     finally:
         await connection.close()

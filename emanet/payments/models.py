@@ -85,6 +85,8 @@ class PaymentAttempt(Base):
     __table_args__ = (
         UniqueConstraint("payment_id", "number", name="uq_payment_attempts_payment_number"),
         UniqueConstraint("provider", "provider_reference", name="uq_payment_attempts_provider_reference"),
+        # Found by the reference alone too (webhooks, the browser's return): see migration 0009.
+        Index("ix_payment_attempts_provider_reference", "provider_reference"),
     )
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)  # "{payment id}-{number}"

@@ -438,6 +438,8 @@ async def test_bulk_load_writes_a_valid_ledger(database: Database, database_url:
             .all()
         )
     assert by_status == {"released": 80, "cancelled": 12, "expired": 8}
+    # Every release was paid: its payment and attempt are there for the webhooks' lookups to search.
+    assert (await seed.counts(dsn))["payments"] == 80
 
 
 @postgres_only

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from emanet.core.clock import FrozenClock
 from emanet.core.db import Database
@@ -110,6 +110,35 @@ async def test_twenty_concurrent_deliveries_take_effect_once(
         "payment.succeeded",
         "applied",
     )
+    await assert_ledger_invariants(database)
+
+
+async def test_a_reference_another_provider_also_uses_reaches_the_senders_attempt(
+    live: Live, factory: Factory, database: Database, settings: Settings
+) -> None:
+    """References are unique per provider only. Another provider's attempt with the same reference (here a
+    PayTR attempt of the same payment, stored after the sandbox's row) must not take the sandbox's news."""
+    buyer, escrow, payment, msg_id, body = await paid_but_unannounced(live, factory, database)
+    async with database.transaction() as session:
+        await session.execute(
+            text(
+                "INSERT INTO payment_attempts (key, payment_id, number, provider, provider_reference, status,"
+                " created_at, updated_at) VALUES (:payment || '-2', :payment, 2, 'paytr', :reference,"
+                " 'pending', now(), now())"
+            ),
+            {"payment": payment["id"], "reference": payment["provider_reference"]},
+        )
+        # A new version of the sandbox's row, so that it is no longer the first one a scan meets.
+        await session.execute(
+            text("UPDATE payment_attempts SET updated_at = now() WHERE key = :payment || '-1'"),
+            {"payment": payment["id"]},
+        )
+    response = await live.http.post(WEBHOOK, content=body, headers=signed(settings, msg_id, body))
+    assert response.status_code == 200, response.text
+    assert (await get_payment(live.http, buyer, payment["id"]))["status"] == "succeeded"
+    funded = await escrow_of(live.http, buyer, escrow["id"])
+    assert (funded["status"], funded["held"]["amount"]) == ("funded", escrow["fees"]["total_due"]["amount"])
+    assert await counts(database) == (1, 1)
     await assert_ledger_invariants(database)
 
 
