@@ -22,9 +22,22 @@ branch_labels = None
 depends_on = None
 
 
+INDEX = "ix_payment_attempts_provider_reference"
+
+
 def upgrade() -> None:
-    op.create_index("ix_payment_attempts_provider_reference", "payment_attempts", ["provider_reference"])
+    if op.get_bind().dialect.name == "postgresql":
+        # CONCURRENTLY, outside the migration's transaction: a plain CREATE INDEX would hold back every new
+        # payment attempt until a large table is indexed.
+        with op.get_context().autocommit_block():
+            op.create_index(INDEX, "payment_attempts", ["provider_reference"], postgresql_concurrently=True)
+    else:
+        op.create_index(INDEX, "payment_attempts", ["provider_reference"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_payment_attempts_provider_reference", table_name="payment_attempts")
+    if op.get_bind().dialect.name == "postgresql":
+        with op.get_context().autocommit_block():
+            op.drop_index(INDEX, table_name="payment_attempts", postgresql_concurrently=True)
+    else:
+        op.drop_index(INDEX, table_name="payment_attempts")
