@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
 from emanet.core.db import UTCDateTime
+from emanet.escrow import rules
 from emanet.escrow.models import Escrow, EscrowStatus
 from emanet.users.models import User
 
@@ -24,7 +25,6 @@ S = EscrowStatus
 CACHE_SECONDS = 300
 SUCCEEDED = (S.released,)
 FAILED = (S.cancelled, S.expired, S.refunded, S.partially_refunded)
-HOLDING = (S.partially_funded, S.funded, S.delivered, S.disputed)
 
 
 class WindowCounts(BaseModel):
@@ -135,7 +135,7 @@ async def compute_stats(session: AsyncSession) -> DashboardStats:
         (
             await session.execute(
                 select(Escrow.currency, func.sum(held_now))
-                .where(status.in_(HOLDING))
+                .where(status.in_(rules.HOLDING))
                 .group_by(Escrow.currency)
             )
         )
@@ -145,7 +145,9 @@ async def compute_stats(session: AsyncSession) -> DashboardStats:
     by_status = dict(
         (
             await session.execute(
-                select(status, func.count()).where(status.in_([S.pending_payment, *HOLDING])).group_by(status)
+                select(status, func.count())
+                .where(status.in_([S.pending_payment, *rules.HOLDING]))
+                .group_by(status)
             )
         )
         .tuples()

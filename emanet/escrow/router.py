@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
-from sqlalchemy import select
 
 from emanet.core.auth import AdminPrincipal, CurrentPrincipal, StaffPrincipal, require_scope
 from emanet.core.errors import Unprocessable
@@ -29,7 +28,7 @@ from emanet.escrow.schemas import (
     Release,
     StatusChange,
 )
-from emanet.ledger.models import JournalEntry
+from emanet.ledger import service as ledger_service
 from emanet.payments.schemas import PaymentSummary
 from emanet.payments.service import escrow_payments
 
@@ -87,15 +86,6 @@ def to_out(escrow: Escrow) -> EscrowOut:
 
 
 async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetail:
-    entries = (
-        (
-            await session.execute(
-                select(JournalEntry).where(JournalEntry.escrow_id == escrow.id).order_by(JournalEntry.id)
-            )
-        )
-        .scalars()
-        .all()
-    )
     lines = [
         LedgerLine(
             reference=e.reference,
@@ -103,7 +93,7 @@ async def to_detail(session: DbSession, escrow: Escrow) -> EscrowDetail:
             created_at=e.created_at,
             amount=MoneyOut(amount=e.amount, currency=e.currency),
         )
-        for e in entries
+        for e in await ledger_service.escrow_entries(session, escrow.id)
     ]
     payments = [PaymentSummary.of(p) for p in await escrow_payments(session, escrow.id)]
     return EscrowDetail(**to_out(escrow).model_dump(), ledger=lines, payments=payments)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Select, and_, func, or_, select, text, update
+from sqlalchemy import Select, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
@@ -22,6 +22,7 @@ from emanet.core.db import lock_row, upsert
 from emanet.core.errors import Conflict, EmanetError, Forbidden, NotFound, Unprocessable
 from emanet.core.middleware import client_ip
 from emanet.core.outbox import emit_event, enqueue
+from emanet.core.schemas import after_cursor
 from emanet.core.settings import Settings, get_settings
 from emanet.escrow import rules
 from emanet.escrow.models import (
@@ -682,6 +683,19 @@ def remaining_due(escrow: Escrow) -> int:
     return max(0, escrow.total_due - held(escrow))
 
 
+async def held_by_currency(session: AsyncSession, user_id: str, *, as_buyer: bool) -> dict[str, int]:
+    """Money held in the user's open escrows (funded, not yet released or refunded), per currency."""
+    party = Escrow.buyer_id if as_buyer else Escrow.seller_id
+    rows = await session.execute(
+        select(
+            Escrow.currency, func.sum(Escrow.funded_amount - Escrow.released_amount - Escrow.refunded_amount)
+        )
+        .where(party == user_id, Escrow.status.in_(rules.HOLDING))
+        .group_by(Escrow.currency)
+    )
+    return {currency: int(total or 0) for currency, total in rows.all()}
+
+
 # ---------------------------------------------------------------------------------------------- other actions
 
 
@@ -834,12 +848,7 @@ async def list_escrows(
             values = [_cursor_value(name, cursor[name]) for name, _ in keys]
         except (KeyError, ValueError, TypeError) as exc:
             raise Unprocessable("The cursor does not match this sort", code="invalid_cursor") from exc
-        alternatives = []
-        for i, (name, descending) in enumerate(keys):
-            equal = [columns[n] == v for (n, _), v in zip(keys[:i], values[:i], strict=True)]
-            beyond = columns[name] < values[i] if descending else columns[name] > values[i]
-            alternatives.append(and_(*equal, beyond))
-        query = query.where(or_(*alternatives))
+        query = query.where(after_cursor([(columns[name], descending) for name, descending in keys], values))
     query = query.order_by(*[columns[n].desc() if d else columns[n].asc() for n, d in keys]).limit(limit + 1)
     rows: list[Escrow] = list((await session.execute(query)).scalars().all())
     next_cursor = None

@@ -5,18 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
 
 from emanet.core.auth import CurrentPrincipal
 from emanet.core.money import check_currency
 from emanet.core.schemas import Page, decode_cursor, encode_cursor
 from emanet.core.session import DbSession
-from emanet.escrow.models import Escrow, EscrowStatus
+from emanet.escrow import service as escrow_service
 from emanet.ledger import accounts, fx, service
 from emanet.ledger.schemas import WalletEntryOut, WalletOut
 
 router = APIRouter(prefix="/api/v1", tags=["wallets"])
-_HOLDING = [EscrowStatus.partially_funded, EscrowStatus.funded, EscrowStatus.delivered, EscrowStatus.disputed]
 
 
 @router.get("/wallets", response_model=list[WalletOut])
@@ -30,25 +28,8 @@ async def wallets(
     own = await service.balances(
         session, [accounts.user_available(user_id), accounts.user_payout_in_transit(user_id)]
     )
-    held = func.sum(Escrow.funded_amount - Escrow.released_amount - Escrow.refunded_amount)
-    as_buyer = dict(
-        (
-            await session.execute(
-                select(Escrow.currency, held)
-                .where(Escrow.buyer_id == user_id, Escrow.status.in_(_HOLDING))
-                .group_by(Escrow.currency)
-            )
-        ).all()
-    )
-    as_seller = dict(
-        (
-            await session.execute(
-                select(Escrow.currency, held)
-                .where(Escrow.seller_id == user_id, Escrow.status.in_(_HOLDING))
-                .group_by(Escrow.currency)
-            )
-        ).all()
-    )
+    as_buyer = await escrow_service.held_by_currency(session, user_id, as_buyer=True)
+    as_seller = await escrow_service.held_by_currency(session, user_id, as_buyer=False)
     currencies = sorted({c for _, c in own} | set(as_buyer) | set(as_seller))
     out = []
     for currency in currencies:
@@ -56,8 +37,8 @@ async def wallets(
         wallet = WalletOut(
             currency=currency,
             available=available,
-            held_as_buyer=int(as_buyer.get(currency) or 0),
-            held_as_seller=int(as_seller.get(currency) or 0),
+            held_as_buyer=as_buyer.get(currency, 0),
+            held_as_seller=as_seller.get(currency, 0),
             pending_payout=own.get((accounts.user_payout_in_transit(user_id), currency), 0),
         )
         if display_currency:

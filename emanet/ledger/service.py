@@ -606,6 +606,14 @@ async def verify_ledger(session: AsyncSession) -> LedgerReport:
     return report
 
 
+async def escrow_entries(session: AsyncSession, escrow_id: str) -> Sequence[JournalEntry]:
+    """The entries that moved an escrow's money, oldest first."""
+    rows = await session.execute(
+        select(JournalEntry).where(JournalEntry.escrow_id == escrow_id).order_by(JournalEntry.id)
+    )
+    return rows.scalars().all()
+
+
 async def wallet_lines(
     session: AsyncSession, code: str, currency: str, *, limit: int, before_id: int | None
 ) -> list[tuple[Posting, JournalEntry, int]]:

@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emanet.core import clock
 from emanet.core.auth import ALL_SCOPES, STAFF_SCOPE, hash_api_key, new_api_key_secret
 from emanet.core.errors import Conflict, Forbidden, NotFound, Unprocessable
+from emanet.core.schemas import after_cursor
 from emanet.users.models import ApiKey, Role, User
 
 
@@ -205,12 +206,7 @@ async def list_users(
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise Unprocessable("The cursor does not match this sort", code="invalid_cursor") from exc
-        after = []
-        for index, (name, descending) in enumerate(keys):
-            same = [columns[n] == v for (n, _), v in zip(keys[:index], values[:index], strict=True)]
-            beyond = columns[name] < values[index] if descending else columns[name] > values[index]
-            after.append(and_(*same, beyond))
-        query = query.where(or_(*after))
+        query = query.where(after_cursor([(columns[name], descending) for name, descending in keys], values))
     query = query.order_by(*[columns[n].desc() if d else columns[n].asc() for n, d in keys]).limit(limit + 1)
     rows = list((await session.execute(query)).scalars().all())
     if len(rows) <= limit:

@@ -67,6 +67,11 @@ async def test_full_lifecycle_with_satisfaction_split(
     assert funded["status"] == "funded"
     assert funded["held"]["amount"] == 101_250
     await assert_ledger_invariants(database)
+    held = {}
+    for who in (p.buyer, p.seller):
+        [wallet] = (await client.get("/api/v1/wallets", headers=bearer(who))).json()
+        held[who.id] = (wallet["currency"], wallet["held_as_buyer"], wallet["held_as_seller"])
+    assert held == {p.buyer.id: ("TRY", 101_250, 0), p.seller.id: ("TRY", 0, 101_250)}
 
     delivered = await client.post(
         f"/api/v1/escrows/{escrow['id']}/deliver",

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import orjson
+from sqlalchemy import event, text
 
+from bench import seed
 from emanet.core.clock import FrozenClock
 from emanet.core.db import Database
 from tests.conftest import bearer
@@ -103,3 +106,103 @@ async def test_list_queries_do_not_grow_with_rows(
     with count_queries() as admin_list:
         page = await client.get("/api/v1/admin/escrows", headers=bearer(p.admin), params={"user": p.buyer.id})
     assert len(page.json()["data"]) == 16 and admin_list.count == few.count
+
+
+async def test_the_admin_list_filters_every_escrow_and_only_staff_see_it(
+    client: httpx.AsyncClient, factory: Factory, database: Database, clock: FrozenClock
+) -> None:
+    p = await parties(factory)
+    stranger, other_seller = await factory.user(), await factory.user()
+    camera = await create_escrow(database, p.buyer, p.seller, amount=40_000, title="Vintage camera")
+    clock.advance(minutes=5)
+    lamp = await create_escrow(database, stranger, other_seller, amount=90_000, title="Desk lamp")
+    clock.advance(minutes=5)
+    course = await create_escrow(
+        database, stranger, p.seller, amount=15_000, title="Camera course", market_type="service"
+    )
+    await capture(database, lamp.id, lamp.total_due)
+    admin = bearer(p.admin)
+
+    async def ids(**params: Any) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            query = {**params, "limit": 2, **({"cursor": cursor} if cursor else {})}
+            response = await client.get("/api/v1/admin/escrows", headers=admin, params=query)
+            assert response.status_code == 200, response.text
+            seen += [e["id"] for e in response.json()["data"]]
+            cursor = response.json()["next_cursor"]
+            if not cursor:
+                return seen
+
+    assert await ids() == [course.id, lamp.id, camera.id]  # everyone's, newest first, over two pages
+    assert await ids(q="camera") == [course.id, camera.id]
+    assert await ids(q=lamp.number) == [lamp.id]
+    assert await ids(status="funded") == [lamp.id]
+    assert await ids(market_type="service") == [course.id]
+    assert await ids(amount_min=20_000, amount_max=90_000) == [lamp.id, camera.id]
+    assert await ids(user=p.seller.id, sort="amount") == [course.id, camera.id]
+    as_user = await client.get("/api/v1/admin/escrows", headers=bearer(p.buyer))
+    assert as_user.status_code == 403
+
+
+async def test_escrows_made_at_the_same_moment_are_each_listed_once(
+    client: httpx.AsyncClient, factory: Factory, database: Database
+) -> None:
+    p = await parties(factory)
+    twins = [await create_escrow(database, p.buyer, p.seller) for _ in range(5)]  # the clock stands still
+    assert len({e.created_at for e in twins}) == 1
+    listed = await _all_pages(client, bearer(p.buyer), limit=2)
+    assert [e["id"] for e in listed] == sorted((e.id for e in twins), reverse=True)
+
+
+async def test_a_deep_page_starts_at_its_cursor_instead_of_reading_the_pages_before(
+    client: httpx.AsyncClient, factory: Factory, database: Database, database_url: str
+) -> None:
+    p = await parties(factory)
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    await seed.load(dsn, 0, DEEP, total=DEEP, log=lambda _: None)
+    admin = bearer(p.admin)
+    sent: list[tuple[str, Any]] = []
+
+    def remember(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT escrows."):
+            sent.append((statement, parameters))
+
+    for statistics in ("before ANALYZE", "after ANALYZE"):
+        listed: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            event.listen(database.engine.sync_engine, "before_cursor_execute", remember)
+            try:
+                page = (await client.get("/api/v1/admin/escrows", headers=admin, params=query)).json()
+            finally:
+                event.remove(database.engine.sync_engine, "before_cursor_execute", remember)
+            listed += page["data"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        keys = [(e["created_at"], e["id"]) for e in listed]
+        assert len(set(keys)) == DEEP and keys == sorted(keys, reverse=True), statistics
+
+        statement, parameters = sent[-1]  # the last page: every other row comes before its cursor
+        async with database.engine.connect() as connection:
+            explained = (
+                await connection.exec_driver_sql(
+                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", parameters
+                )
+            ).scalar_one()
+            plan = (orjson.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+            await connection.execute(text("ANALYZE escrows"))
+            await connection.commit()
+        conditions = " ".join(str(node.get("Index Cond", "")) for node in _nodes(plan))
+        assert "ROW(created_at, (id)::text) <" in conditions, (statistics, plan)
+        assert plan["Shared Hit Blocks"] + plan["Shared Read Blocks"] <= 60, (statistics, plan)
+
+
+DEEP = 3_000
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
