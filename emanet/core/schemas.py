@@ -64,11 +64,11 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
 
 def after_cursor(keys: Sequence[tuple[Any, bool]], values: Sequence[Any]) -> ColumnElement[bool]:
     """The rows that come after ``values`` in the order ``keys`` ((column, descending) pairs, the last of
-    them unique). When every key runs the same way this is one row comparison, ``(created_at, id) <
-    (:t, :id)``, which PostgreSQL answers by starting its index scan at the cursor: a deep page costs what
-    the first one does. Spelled out term by term, as mixed directions must be, the index is read from the
-    first row and every row before the cursor is skipped one by one (363 ms and 40,704 buffers for a page
-    500,000 escrows deep, against 0.06 ms and 5 buffers)."""
+    them unique), written so that PostgreSQL starts its index scan at the cursor and a deep page costs
+    what the first one does. When every key runs the same way it is one row comparison, ``(created_at,
+    id) < (:t, :id)``: spelled out term by term instead, the index was read from its first row and every
+    row before the cursor skipped one by one (363 ms and 40,704 buffers for a page 500,000 escrows deep,
+    against 0.06 ms and 5 buffers). Mixed directions must be spelled out, with a bound on the first key."""
     columns = [column for column, _ in keys]
     directions = {descending for _, descending in keys}
     if len(directions) == 1:
@@ -82,7 +82,11 @@ def after_cursor(keys: Sequence[tuple[Any, bool]], values: Sequence[Any]) -> Col
         same = [c == v for c, v in zip(columns[:index], values[:index], strict=True)]
         beyond = column < values[index] if descending else column > values[index]
         alternatives.append(and_(*same, beyond))
-    return or_(*alternatives)
+    # Implied by the alternatives, and what lets an index on the first key start at the cursor (a page
+    # 500,000 escrows deep sorted by -amount,created_at: 1,133 ms and 506,306 buffers without it, 0.24 ms).
+    first, first_descending = keys[0]
+    bound = first <= values[0] if first_descending else first >= values[0]
+    return and_(bound, or_(*alternatives))
 
 
 async def newest_first_page(
