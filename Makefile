@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PYTEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run migrate demo worker test test-postgres test-sqlite lint format bench clean
+.PHONY: help install run migrate demo worker test test-postgres test-sqlite lint format bench plans clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,10 @@ format: $(STAMP) ## Format the code
 bench: $(STAMP) ## Benchmarks against pgbench; writes docs/benchmarks.md (QUICK=1 for a short run)
 	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev,bench]'
 	QUICK=$(QUICK) $(BIN)/python -m bench.run
+
+plans: $(STAMP) ## Every SQL statement the tests send, planned on 1,000,000 escrows; writes docs/plans.md (QUICK=1: 100,000)
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev,bench]'
+	QUICK=$(QUICK) $(BIN)/python -m bench.plans
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,302 @@
+"""Every statement Emanet sends, run on a database of 1,000,000 escrows: which ones would not scale.
+
+``make plans`` (``QUICK=1``: 100,000 escrows):
+1. runs the PostgreSQL test suite with ``bench.statements``, which keeps each distinct statement Emanet's
+   code sent, where it was sent from, and the parameters it was sent with;
+2. bulk-loads a fresh database the way the benchmark's scale runs do (``bench.seed``) and ANALYZEs it;
+3. runs each statement there under ``EXPLAIN (ANALYZE, BUFFERS)`` inside a transaction that is rolled back
+   (a write that cannot run there — a foreign key to a row only the test had — is planned without running);
+4. writes ``docs/plans.md`` and fails when a statement reads a large table whole or more than
+   ``BUFFER_LIMIT`` buffers, unless its origin is in ``ACCEPTED`` with the reason why.
+
+A test's parameters name the test's own rows, which do not exist in the large database, so a lookup by
+them finds nothing: what this checks is the access path (an index, or a scan of the whole table), not how
+many rows one real user has. Why it exists: a lookup that scanned every payment attempt went unnoticed
+until the scale databases held payments (session 7); here it would have been the first line of the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from bench import pg, seed
+from bench.run import migrate, say
+from bench.stack import ROOT
+
+BUFFER_LIMIT = 1_000  # 8 kB pages; an indexed lookup of a few rows reads tens
+LARGE_TABLE = 10_000  # rows: a sequential scan of a table this size or larger is flagged
+
+# Statements that read a large table whole by design, and why that is right. A key is the function that sends
+# the statement (``domain/file.py:function``: accepted from wherever it is called) or a whole origin
+# (``… via domain/router.py:route``: accepted for that route only).
+ACCEPTED: dict[str, str] = {
+    "admin/export.py:escrow_batches": "the CSV/XLSX export streams every matching escrow, in batches (its"
+    " peak memory is measured by the benchmark)",
+    "admin/dashboard.py:compute_stats": "the dashboard's counts over the last 30 days; cached for 5 minutes,"
+    " and timed uncached on 1,000,000 escrows by the benchmark (target 100 ms)",
+    "ledger/service.py:verify_ledger": "`emanet ledger verify` recomputes every invariant over every row",
+    "payments/reconcile.py:our_records": "once a day per provider: that day's succeeded payments",
+    "escrow/service.py:list_escrows via escrow/router.py:admin_list_escrows": "the admin list over every"
+    " escrow: a search by title substring (`q`) cannot use a B-tree index; a pg_trgm index could, at a cost"
+    " on every escrow created",
+    "users/service.py:list_users via users/router.py:admin_list_users": "the admin user search by a"
+    " substring of email, phone or name, and sorts by any column",
+}
+
+
+def acceptance(origin: str) -> str | None:
+    return ACCEPTED.get(origin) or ACCEPTED.get(origin.split(" via ", 1)[0])
+
+
+@dataclass
+class Planned:
+    statement: str
+    origins: list[str]
+    buffers: int = 0
+    ms: float | None = None  # None: planned, not run
+    scans: list[tuple[str, float]] = field(default_factory=list)  # (table, rows it holds) read whole
+    error: str | None = None
+
+    @property
+    def why_accepted(self) -> str | None:
+        reasons = [acceptance(origin) for origin in self.origins]
+        return "; ".join(sorted({r for r in reasons if r})) if reasons and all(reasons) else None
+
+
+def load_statements(directory: Path) -> dict[str, dict[str, Any]]:
+    """Merge what each test process kept."""
+    merged: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("statements-*.pickle")):
+        for statement, kept in pickle.loads(path.read_bytes()).items():
+            into = merged.setdefault(statement, {"origins": set(), "parameters": []})
+            into["origins"] |= kept["origins"]
+            into["parameters"].extend(kept["parameters"][: 3 - len(into["parameters"])])
+    return merged
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def summarize(explained: dict[str, Any], table_rows: dict[str, float]) -> tuple[int, float | None, list]:
+    """Buffers the statement read (shared, hit or read; its triggers' work included), its execution time,
+    and the large tables it scanned whole."""
+    top = explained["Plan"]
+    buffers = int(top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0))
+    scans = [
+        (node["Relation Name"], table_rows.get(node["Relation Name"], 0))
+        for node in plan_nodes(top)
+        if node["Node Type"] == "Seq Scan" and table_rows.get(node["Relation Name"], 0) >= LARGE_TABLE
+    ]
+    return buffers, explained.get("Execution Time"), scans
+
+
+def is_flagged(planned: Planned) -> bool:
+    return bool(planned.scans) or planned.buffers > BUFFER_LIMIT
+
+
+async def replay(dsn: str, statements: dict[str, dict[str, Any]]) -> list[Planned]:
+    connection = await asyncpg.connect(dsn, server_settings={"jit": "off", "statement_timeout": "60s"})
+    try:
+        table_rows = {
+            name: float(rows)
+            for name, rows in await connection.fetch(
+                "SELECT relname, reltuples FROM pg_class"
+                " WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+            )
+        }
+        results = []
+        for statement, kept in statements.items():
+            worst: Planned | None = None
+            for parameters in kept["parameters"] or [()]:
+                planned = await _explain(connection, statement, tuple(parameters or ()), table_rows)
+                planned.origins = sorted(kept["origins"])
+                if worst is None or (planned.buffers, planned.ms or 0) > (worst.buffers, worst.ms or 0):
+                    worst = planned
+            assert worst is not None
+            results.append(worst)
+        return results
+    finally:
+        await connection.close()
+
+
+async def _explain(
+    connection: asyncpg.Connection, statement: str, parameters: tuple[Any, ...], table_rows: dict[str, float]
+) -> Planned:
+    planned = Planned(statement, [])
+    for options in ("ANALYZE, BUFFERS, FORMAT JSON", "FORMAT JSON"):
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            raw = await connection.fetchval(f"EXPLAIN ({options}) {statement}", *parameters)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            planned.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+            continue
+        finally:
+            await transaction.rollback()
+        explained = (orjson.loads(raw) if isinstance(raw, str) else raw)[0]
+        planned.buffers, planned.ms, planned.scans = summarize(explained, table_rows)
+        planned.error = None
+        return planned
+    return planned
+
+
+# ---------------------------------------------------------------------------------------------- report
+_COLUMN_LIST = re.compile(r"(?:\b\w+\.\w+(?: AS \w+)?, ){3,}\w+\.\w+(?: AS \w+)?")
+
+
+def _one_line(statement: str, width: int = 220) -> str:
+    """The statement on one line, a long list of columns shortened to its first: the table and the
+    conditions are what tell a plan apart."""
+    text = _COLUMN_LIST.sub(lambda m: m.group(0).split(", ", 1)[0] + ", …", " ".join(statement.split()))
+    return (text[: width - 1] + "…" if len(text) > width else text).replace("|", "\\|")
+
+
+def report(results: list[Planned], *, escrows: int, counts: dict[str, int], tests: str) -> str:
+    flagged = sorted((r for r in results if is_flagged(r)), key=lambda r: -r.buffers)
+    refused = [r for r in flagged if r.why_accepted is None]
+    rest = sorted((r for r in results if not is_flagged(r) and r.error is None), key=lambda r: -r.buffers)
+    senders = {origin.split(" via ")[0] for r in results for origin in r.origins}
+    lines = [
+        "# Query plans at scale",
+        "",
+        f"Every distinct statement Emanet's code sent to PostgreSQL during the test suite ({tests}), run"
+        f" again under `EXPLAIN (ANALYZE, BUFFERS)` on a database of {escrows:,} escrows, each in a"
+        " transaction that was rolled back. Written by `make plans` (`bench/plans.py`) on"
+        f" {datetime.now(UTC):%Y-%m-%d}. Rows in the database: "
+        + ", ".join(f"{table} {rows:,}" for table, rows in counts.items())
+        + ".",
+        "",
+        "The tests' parameters name the tests' own rows, which this database does not hold, so what a"
+        " statement shows here is its access path — an index, or a scan of the whole table — not how many"
+        " rows one real user has.",
+        "",
+        f"- statements: **{len(results)}**, sent by {len(senders)} functions in `emanet/`;"
+        f" {sum(r.ms is None and r.error is None for r in results)} planned without running (a write that"
+        f" refers to a test's row), {sum(r.error is not None for r in results)} could not be planned",
+        f"- reading a table of {LARGE_TABLE:,}+ rows whole, or more than {BUFFER_LIMIT:,} buffers:"
+        f" **{len(flagged)}**, of which **{len(refused)}** not accepted",
+        f"- every other statement: at most {max((r.buffers for r in rest), default=0):,} buffers and"
+        f" {max((r.ms or 0 for r in rest), default=0):.2f} ms",
+        "",
+        "## Statements that read a large table whole or many buffers",
+        "",
+        "| from | buffers | ms | whole tables read | accepted because | statement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in flagged:
+        scans = ", ".join(f"{table} ({rows:,.0f} rows)" for table, rows in r.scans) or "–"
+        ms = f"{r.ms:.1f}" if r.ms is not None else "not run"
+        why = r.why_accepted or "**not accepted**"
+        origins = "<br>".join(r.origins)
+        lines.append(f"| {origins} | {r.buffers:,} | {ms} | {scans} | {why} | `{_one_line(r.statement)}` |")
+    lines += [
+        "",
+        "## The most expensive of the others",
+        "",
+        "| from | buffers | ms | statement |",
+        "|---|---|---|---|",
+    ]
+    for r in rest[:15]:
+        ms = f"{r.ms:.2f}" if r.ms is not None else "not run"
+        lines.append(f"| {'<br>'.join(r.origins)} | {r.buffers:,} | {ms} | `{_one_line(r.statement)}` |")
+    errors = [r for r in results if r.error is not None]
+    if errors:
+        lines += ["", "## Could not be planned", ""]
+        lines += [f"- {', '.join(r.origins)}: {r.error} — `{_one_line(r.statement, 100)}`" for r in errors]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "make plans          # 1,000,000 escrows: the test suite (4 min), the load (3 min), the replay",
+        "make plans QUICK=1  # 100,000 escrows",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def capture(directory: Path) -> str:
+    """Run the PostgreSQL test suite with the statement recorder; returns pytest's summary line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("statements-*.pickle"):
+        old.unlink()
+    finished = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "pytest"),
+            "-n",
+            "2",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "bench.statements",
+            "-q",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "EMANET_STATEMENTS_DIR": str(directory)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    (directory / "pytest.log").write_text(finished.stdout + finished.stderr)
+    summary = (finished.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+    if finished.returncode != 0:
+        failed = [line for line in finished.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        say(f"the test suite did not pass ({summary}): {failed}; its statements are replayed all the same")
+    return summary
+
+
+async def load_database(name: str, escrows: int) -> dict[str, int]:
+    await pg.create_database(name)
+    migrate(name)
+    await seed.load(pg.dsn_for(name), 0, escrows, total=escrows, log=say)
+    connection = await asyncpg.connect(pg.dsn_for(name))
+    try:
+        await connection.execute("VACUUM ANALYZE")
+    finally:
+        await connection.close()
+    return await seed.counts(pg.dsn_for(name))
+
+
+def main() -> int:
+    quick = os.environ.get("QUICK", "").strip() not in ("", "0", "false")
+    escrows = 100_000 if quick else 1_000_000
+    workdir = ROOT / "bench" / "results" / "plans"
+    say("running the test suite to record the statements Emanet sends")
+    tests = capture(workdir)
+    statements = load_statements(workdir)
+    say(f"{len(statements)} distinct statements; loading {escrows:,} escrows")
+    name = "emanet_bench_plans"
+    try:
+        counts = asyncio.run(load_database(name, escrows))
+        say("replaying every statement under EXPLAIN (ANALYZE, BUFFERS)")
+        results = asyncio.run(replay(pg.dsn_for(name), statements))
+    finally:
+        asyncio.run(pg.drop_database(name))
+    (ROOT / "docs" / "plans.md").write_text(report(results, escrows=escrows, counts=counts, tests=tests))
+    refused = [r for r in results if is_flagged(r) and r.why_accepted is None]
+    for r in refused:
+        say(f"not accepted: {', '.join(r.origins)}: {r.buffers:,} buffers, scans {r.scans}")
+    say(f"docs/plans.md written; {len(refused)} statements not accepted")
+    return 1 if refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

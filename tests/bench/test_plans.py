@@ -1,0 +1,128 @@
+"""``make plans``: where a statement came from, what its plan says, and the replay leaving no trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, select, text
+
+from bench import plans, statements
+from emanet.core.db import Database
+from emanet.core.errors import NotFound
+from emanet.escrow import service as escrow_service
+from emanet.ledger import service as ledger_service
+from emanet.users.models import User
+from tests.conftest import BACKEND, bearer
+from tests.factories import Factory
+
+pytestmark = pytest.mark.skipif(BACKEND == "sqlite", reason="the replay runs on PostgreSQL")
+
+
+async def test_a_statement_is_traced_to_the_emanet_function_that_sent_it(database: Database) -> None:
+    origins: list[str | None] = []
+
+    def record(*_: Any) -> None:
+        origins.append(statements.origin_of(statements.caller_frames()))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with database.transaction() as session:
+            await ledger_service.escrow_entries(session, "esc_none")
+            with pytest.raises(NotFound):  # lock_row, the shared helper, is named by its caller
+                await escrow_service.lock_escrow(session, "esc_none")
+            await session.execute(select(User.id))  # the test's own statement
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", record)
+    assert origins == ["ledger/service.py:escrow_entries", "escrow/service.py:lock_escrow", None]
+
+
+async def test_a_statement_sent_for_a_route_names_the_route_too(
+    client: httpx.AsyncClient, database: Database, factory: Factory
+) -> None:
+    user = await factory.user()
+    origins: list[str | None] = []
+
+    def record(*_: Any) -> None:
+        origins.append(statements.origin_of(statements.caller_frames()))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        response = await client.get("/api/v1/wallets", headers=bearer(user))
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", record)
+    assert response.status_code == 200
+    assert "escrow/service.py:held_by_currency via ledger/router.py:wallets" in origins
+    assert "ledger/service.py:balances via ledger/router.py:wallets" in origins
+
+
+def _explained(node: dict[str, Any]) -> dict[str, Any]:
+    return {"Plan": node, "Execution Time": 1.5}
+
+
+def test_a_plan_reports_its_buffers_and_the_large_tables_it_reads_whole() -> None:
+    rows = {"escrows": 1_000_000.0, "jobs": 40.0}
+    plan = {
+        "Node Type": "Hash Join",
+        "Shared Hit Blocks": 900,
+        "Shared Read Blocks": 300,
+        "Plans": [
+            {"Node Type": "Seq Scan", "Relation Name": "escrows"},
+            {"Node Type": "Seq Scan", "Relation Name": "jobs"},
+            {"Node Type": "Index Scan", "Relation Name": "users"},
+        ],
+    }
+    assert plans.summarize(_explained(plan), rows) == (1_200, 1.5, [("escrows", 1_000_000.0)])
+    small = {"Node Type": "Seq Scan", "Relation Name": "jobs", "Shared Hit Blocks": 1}
+    assert plans.summarize(_explained(small), rows) == (1, 1.5, [])
+
+
+def test_a_flagged_statement_passes_only_when_every_place_it_comes_from_is_accepted() -> None:
+    accepted = "ledger/service.py:verify_ledger"
+    whole = [("escrows", 1e6)]
+    cheap = plans.Planned("SELECT 1", ["escrow/service.py:get_escrow"], buffers=4, ms=0.1)
+    assert not plans.is_flagged(cheap)
+    assert plans.is_flagged(plans.Planned("SELECT 2", ["x.py:f"], buffers=plans.BUFFER_LIMIT + 1))
+    assert plans.Planned("SELECT 3", [accepted], scans=whole).why_accepted == plans.ACCEPTED[accepted]
+    shared = plans.Planned("SELECT 4", [accepted, "escrow/service.py:get_escrow"], buffers=5, scans=whole)
+    assert shared.why_accepted is None
+    # a function accepted from anywhere, or only for one route
+    assert plans.acceptance(f"{accepted} via cli.py:verify") == plans.ACCEPTED[accepted]
+    admin = "escrow/service.py:list_escrows via escrow/router.py:admin_list_escrows"
+    assert plans.acceptance(admin) == plans.ACCEPTED[admin]
+    assert plans.acceptance("escrow/service.py:list_escrows via escrow/router.py:list_escrows") is None
+
+    page = plans.report(
+        [cheap, shared], escrows=1_000_000, counts={"escrows": 1_000_000}, tests="642 passed in 200s"
+    )
+    assert "**1**, of which **1** not accepted" in page
+    assert "**not accepted**" in page and "escrows (1,000,000 rows)" in page
+
+
+async def test_the_replay_runs_reads_and_writes_then_rolls_them_back(
+    database: Database, database_url: str, factory: Factory
+) -> None:
+    user = await factory.user(name="Before")
+    rename = "UPDATE users SET name = $1 WHERE id = $2"
+    orphan = (
+        "INSERT INTO ledger_postings (entry_id, account_id, amount, created_at) VALUES ($1, $2, $3, now())"
+    )
+    replayed = await plans.replay(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"),
+        {
+            rename: {"origins": {"users/service.py:update_profile"}, "parameters": [("After", user.id)]},
+            orphan: {"origins": {"ledger/service.py:post_entry"}, "parameters": [(987654, 987654, 1)]},
+            "SELECT no_such_column FROM users": {"origins": {"users/service.py:f"}, "parameters": []},
+        },
+    )
+    by_statement = {r.statement: r for r in replayed}
+    assert by_statement[rename].ms is not None and by_statement[rename].error is None  # it ran
+    assert (
+        by_statement[orphan].ms is None and by_statement[orphan].error is None
+    )  # planned only (a foreign key)
+    assert "no_such_column" in (by_statement["SELECT no_such_column FROM users"].error or "")
+    async with database.transaction() as session:
+        assert (
+            await session.execute(text("SELECT name FROM users WHERE id = :id"), {"id": user.id})
+        ).scalar() == ("Before")
