@@ -78,12 +78,33 @@ def test_a_plan_reports_its_buffers_and_the_large_tables_it_reads_whole() -> Non
     assert plans.summarize(_explained(small), rows) == (1, 1.5, [])
 
 
+def test_a_table_is_served_by_an_index_condition_or_by_a_first_page_read_in_index_order() -> None:
+    probe = {"Node Type": "Index Scan", "Relation Name": "jobs", "Index Cond": "(id = 1)"}
+    bitmap = {
+        "Node Type": "Bitmap Heap Scan",
+        "Relation Name": "jobs",
+        "Plans": [{"Node Type": "Bitmap Index Scan", "Index Cond": "(status = 'x')"}],
+    }
+    walk = {"Node Type": "Index Scan", "Relation Name": "jobs"}
+    walk_skipping = {**walk, "Filter": "(kind = 'x')"}
+    for served, plan in [
+        (True, probe),
+        (True, bitmap),
+        (True, {"Node Type": "Limit", "Plans": [walk]}),  # a first page in index order
+        (False, walk),  # the whole index, in order, to the end
+        (False, {"Node Type": "Limit", "Plans": [walk_skipping]}),  # skips rows until enough match
+        (False, {"Node Type": "Seq Scan", "Relation Name": "jobs"}),
+    ]:
+        assert plans.served_by_an_index({"Plan": plan}, "jobs") is served, plan
+
+
 def test_a_flagged_statement_passes_only_when_every_place_it_comes_from_is_accepted() -> None:
     accepted = "ledger/service.py:verify_ledger"
     whole = [("escrows", 1e6)]
     cheap = plans.Planned("SELECT 1", ["escrow/service.py:get_escrow"], buffers=4, ms=0.1)
     assert not plans.is_flagged(cheap)
     assert plans.is_flagged(plans.Planned("SELECT 2", ["x.py:f"], buffers=plans.BUFFER_LIMIT + 1))
+    assert plans.is_flagged(plans.Planned("SELECT 5", ["x.py:f"], buffers=3, unindexed=["jobs"]))
     assert plans.Planned("SELECT 3", [accepted], scans=whole).why_accepted == plans.ACCEPTED[accepted]
     shared = plans.Planned("SELECT 4", [accepted, "escrow/service.py:get_escrow"], buffers=5, scans=whole)
     assert shared.why_accepted is None
@@ -105,6 +126,9 @@ async def test_the_replay_runs_reads_and_writes_then_rolls_them_back(
 ) -> None:
     user = await factory.user(name="Before")
     rename = "UPDATE users SET name = $1 WHERE id = $2"
+    by_url, by_owner = (
+        f"SELECT id FROM webhook_endpoints WHERE {column} = $1" for column in ("url", "owner_id")
+    )
     orphan = (
         "INSERT INTO ledger_postings (entry_id, account_id, amount, created_at) VALUES ($1, $2, $3, now())"
     )
@@ -114,13 +138,16 @@ async def test_the_replay_runs_reads_and_writes_then_rolls_them_back(
             rename: {"origins": {"users/service.py:update_profile"}, "parameters": [("After", user.id)]},
             orphan: {"origins": {"ledger/service.py:post_entry"}, "parameters": [(987654, 987654, 1)]},
             "SELECT no_such_column FROM users": {"origins": {"users/service.py:f"}, "parameters": []},
+            by_url: {"origins": {"webhooks/service.py:f"}, "parameters": [("https://example.com",)]},
+            by_owner: {"origins": {"webhooks/service.py:g"}, "parameters": [(user.id,)]},
         },
     )
     by_statement = {r.statement: r for r in replayed}
     assert by_statement[rename].ms is not None and by_statement[rename].error is None  # it ran
-    assert (
-        by_statement[orphan].ms is None and by_statement[orphan].error is None
-    )  # planned only (a foreign key)
+    assert by_statement[orphan].ms is None and by_statement[orphan].error is None  # planned: a foreign key
+    # both read the (empty) table whole here; only the owner's endpoints have an index to be found by
+    assert by_statement[by_url].unindexed == ["webhook_endpoints"] and plans.is_flagged(by_statement[by_url])
+    assert by_statement[by_owner].unindexed == []
     assert "no_such_column" in (by_statement["SELECT no_such_column FROM users"].error or "")
     async with database.transaction() as session:
         assert (

@@ -6,8 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-import orjson
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from bench import seed
 from emanet.core.clock import FrozenClock
@@ -15,6 +14,7 @@ from emanet.core.db import Database
 from tests.conftest import bearer
 from tests.escrow.states import parties
 from tests.factories import Factory, capture, create_escrow
+from tests.plans import explain, nodes, rows_read_from, statements_sent
 
 
 async def _all_pages(
@@ -164,12 +164,6 @@ async def test_a_deep_page_starts_at_its_cursor_instead_of_reading_the_pages_bef
     dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
     await seed.load(dsn, 0, DEEP, total=DEEP, log=lambda _: None)
     admin = bearer(p.admin)
-    sent: list[tuple[str, Any]] = []
-
-    def remember(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().startswith("SELECT escrows."):
-            sent.append((statement, parameters))
-
     # (sort, the index condition that starts the scan at the cursor, the order the rows must come in)
     sorts = [
         (None, "ROW(created_at, (id)::text) <", [("created_at", True), ("id", True)]),
@@ -179,41 +173,31 @@ async def test_a_deep_page_starts_at_its_cursor_instead_of_reading_the_pages_bef
         for sort, seek, order in sorts:
             listed: list[dict[str, Any]] = []
             cursor = None
-            while True:
-                query = {
-                    "limit": 200,
-                    **({"sort": sort} if sort else {}),
-                    **({"cursor": cursor} if cursor else {}),
-                }
-                event.listen(database.engine.sync_engine, "before_cursor_execute", remember)
-                try:
+            with statements_sent(database, "SELECT escrows.") as sent:
+                while True:
+                    query = {
+                        "limit": 200,
+                        **({"sort": sort} if sort else {}),
+                        **({"cursor": cursor} if cursor else {}),
+                    }
                     page = (await client.get("/api/v1/admin/escrows", headers=admin, params=query)).json()
-                finally:
-                    event.remove(database.engine.sync_engine, "before_cursor_execute", remember)
-                listed += page["data"]
-                cursor = page["next_cursor"]
-                if not cursor:
-                    break
+                    listed += page["data"]
+                    cursor = page["next_cursor"]
+                    if not cursor:
+                        break
             assert len({e["id"] for e in listed}) == len(listed) == DEEP, (statistics, sort)
             expected = list(listed)
             for name, descending in reversed(order):  # a stable sort per key, the last key first
                 expected.sort(key=lambda e, n=name: _sort_value(e, n), reverse=descending)
             assert listed == expected, (statistics, sort)
 
-            statement, parameters = sent[-1]  # the last page: every other row comes before its cursor
-            async with database.engine.connect() as connection:
-                explained = (
-                    await connection.exec_driver_sql(
-                        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", parameters
-                    )
-                ).scalar_one()
-            plan = (orjson.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
-            conditions = " ".join(str(node.get("Index Cond", "")) for node in _nodes(plan))
+            plan = await explain(
+                database, *sent[-1]
+            )  # the last page: every other row comes before its cursor
+            conditions = " ".join(str(node.get("Index Cond", "")) for node in nodes(plan))
             assert seek in conditions, (statistics, sort, plan)
             # The scan starts at the cursor: it reads the rows after it, not the 2,800 before.
-            read = [node.get("Actual Rows", 0) for node in _nodes(plan) if "Index Cond" in node]
-            skipped = sum(node.get("Rows Removed by Filter", 0) for node in _nodes(plan))
-            assert read and max(read) <= DEEP - 2_800 + 1 and skipped <= 1, (statistics, sort, plan)
+            assert rows_read_from(plan, "escrows") <= DEEP - 2_800 + 1, (statistics, sort, plan)
         async with database.engine.begin() as connection:
             await connection.execute(text("ANALYZE escrows"))
 
@@ -227,7 +211,3 @@ def _sort_value(escrow: dict[str, Any], name: str) -> Any:
 
 
 DEEP = 3_000
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]

@@ -16,6 +16,7 @@ from tests.conftest import bearer
 from tests.factories import Factory
 from tests.payments.conftest import Live
 from tests.payments.helpers import SUCCESS, checkout, create_escrow, started
+from tests.plans import nodes
 
 OTHER_ATTEMPTS = 3_000
 
@@ -26,10 +27,6 @@ async def _plan(database: Database, statement: Select[Any]) -> dict[str, Any]:
         explained = await session.scalar(text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}"))
     plan: dict[str, Any] = (orjson.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
     return plan
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
 
 
 async def test_an_attempt_is_found_by_reference_without_reading_the_others(
@@ -67,7 +64,7 @@ async def test_an_attempt_is_found_by_reference_without_reading_the_others(
             for found_by in (key, reference):
                 plan = await _plan(database, lookup(found_by))
                 assert plan["Actual Rows"] == 1, (statistics, name, found_by)
-                scans = {node["Node Type"] for node in _nodes(plan) if node.get("Relation Name")}
+                scans = {node["Node Type"] for node in nodes(plan) if node.get("Relation Name")}
                 assert "Seq Scan" not in scans, (statistics, name, plan)
                 # A probe of two small indexes and the row: a handful of pages, not one per attempt.
                 assert plan["Shared Hit Blocks"] + plan["Shared Read Blocks"] <= 12, (statistics, name, plan)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from pytest_httpserver import HTTPServer
-from sqlalchemy import select
+from sqlalchemy import select, text
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from werkzeug import Request, Response
@@ -29,6 +29,7 @@ from emanet.users.models import Role, User
 from emanet.webhooks.models import WebhookDelivery
 from tests.conftest import bearer
 from tests.factories import Factory
+from tests.plans import explain, rows_read_from, statements_sent
 
 SCHEDULE = [1.0] * 8  # retry after ~1 s, 8 times: the receiver verifies timestamps against the wall clock
 
@@ -369,6 +370,52 @@ async def test_endpoints_only_see_their_owners_objects_and_admins_see_all(
     assert dict(receivers["seller"].applied) == {"esc_mine": ["escrow.created"], "pay_1": ["payment.failed"]}
     assert dict(receivers["admin"].applied) == dict(receivers["seller"].applied)
     assert receivers["stranger"].requests == []
+
+
+OTHER_ENDPOINTS = 2_000
+
+
+@pytest.mark.postgres_only
+async def test_a_fan_out_reads_only_the_endpoints_of_the_events_parties_and_of_admins(
+    client: httpx.AsyncClient, factory: Factory, database: Database, httpserver: HTTPServer, run_jobs: Any
+) -> None:
+    seller, admin = await factory.user(), await factory.user(role=Role.admin)
+    receivers = {}
+    for name, owner in (("seller", seller), ("admin", admin)):
+        endpoint = await _endpoint(client, owner, httpserver.url_for(f"/{name}"), ["*"])
+        receivers[name] = Receiver([endpoint["secret"]])
+        httpserver.expect_request(f"/{name}").respond_with_handler(receivers[name])
+    async with database.transaction() as session:  # other sellers' endpoints, subscribed to everything
+        await session.execute(
+            text(
+                "INSERT INTO users (id, email, name, role, status, verification_level, locale,"
+                " created_at, updated_at) SELECT 'usr_other' || n, 'other' || n || '@example.com', 'Other',"
+                " 'user', 'active', 'none', 'en', now(), now() FROM generate_series(1, :count) AS n"
+            ),
+            {"count": OTHER_ENDPOINTS},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO webhook_endpoints (id, owner_id, url, description, event_types,"
+                " secret_encrypted, status, consecutive_failures, created_at, updated_at)"
+                " SELECT 'whe_other' || n, 'usr_other' || n, 'https://other.example/hook', '',"
+                " CAST('[\"*\"]' AS json), 'unused', 'enabled', 0, now(), now()"
+                " FROM generate_series(1, :count) AS n"
+            ),
+            {"count": OTHER_ENDPOINTS},
+        )
+        await session.execute(text("ANALYZE users, webhook_endpoints"))
+    with statements_sent(database, "SELECT webhook_endpoints.id") as sent:
+        await _emit(database, "escrow.created", "esc_mine", seller_id=seller.id, buyer_id="usr_someone")
+        await run_jobs()
+    assert (
+        dict(receivers["seller"].applied)
+        == dict(receivers["admin"].applied)
+        == {"esc_mine": ["escrow.created"]}
+    )
+    [(statement, parameters)] = [(s, p) for s, p in sent if "users.role" in s]  # the candidates
+    plan = await explain(database, statement, parameters)
+    assert rows_read_from(plan, "webhook_endpoints") <= 4, plan  # the seller's and the admin's, not 2,002
 
 
 async def test_a_rotated_secret_signs_alongside_the_old_one_for_the_overlap(
