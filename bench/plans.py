@@ -185,8 +185,9 @@ async def _unindexed(
     table_rows: dict[str, float],
 ) -> list[str]:
     """The tables the statement reads whole only because they are small here (the load fills the escrow,
-    payment and ledger tables, not jobs, events or webhooks): planned again with sequential scans
-    forbidden, those still reached without an index condition would be read whole however large they grow."""
+    payment and ledger tables, not jobs, events or webhooks): planned again with sequential scans and hash
+    and merge joins forbidden, those still reached without an index condition would be read whole however
+    large they grew."""
     small = sorted(
         {
             node["Relation Name"]
@@ -199,7 +200,11 @@ async def _unindexed(
     transaction = connection.transaction()
     await transaction.start()
     try:
-        await connection.execute("SET LOCAL enable_seqscan = off")
+        # Nested loops too: a tiny table is hashed whole, where a large one would be probed by its index.
+        await connection.execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;"
+            " SET LOCAL enable_mergejoin = off"
+        )
         raw = await connection.fetchval(f"EXPLAIN (FORMAT JSON) {statement}", *parameters)
     finally:
         await transaction.rollback()

@@ -879,6 +879,9 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
                 for size, checks in sorted(scale.get("verify", {}).items(), key=lambda kv: int(kv[0]))
             ],
             "",
+            "Every statement Emanet sends, not only the lifecycle's, planned and run on 1,000,000 escrows:"
+            " [plans.md](plans.md) (`make plans`).",
+            "",
         ]
     trips = r.get("roundtrips", {})
     profiles = {name: p for name, p in r.get("profile", {}).items() if p.get("samples")}
