@@ -824,7 +824,8 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             "## 5. Scale",
             "",
             "Each size has its own database, bulk-loaded in SQL (`bench/seed.py`): TRY escrows (one in ten "
-            "USD) between bulk users, one every 31.5 s back from now (1,000,000 a year); 80 % released with "
+            "USD) between bulk users (one of them, a marketplace's own store, sells one escrow in ten and buys "
+            "another one in ten), one every 31.5 s back from now (1,000,000 a year); 80 % released with "
             "their two ledger entries exactly as Emanet writes them (capture: sandbox clearing → escrow; "
             "release: escrow → the seller's wallet and platform fees), their escrow account and the balances "
             "updated, and their succeeded sandbox payment with its attempt; 12 % cancelled and 8 % expired "

@@ -3,7 +3,9 @@
 What one loaded escrow is (``i`` is its index; everything is a pure function of it, so loading 10,000
 and then 990,000 more gives the same rows as loading 1,000,000 at once):
 - a TRY escrow (one in ten USD) of a product in the general category, 2.5 % platform fee paid by the buyer,
-  between two of ``users_for(total)`` bulk users; escrow ``i`` was created ``31.5 * i`` seconds before the
+  between two of ``users_for(total)`` bulk users, except that ``HEAVY_USER`` sells one escrow in ten
+  (``i % 10 == 3``) and buys another one in ten (``i % 10 == 7``): a marketplace's own store, 200,000 escrows
+  of 1,000,000, which ``make plans`` runs every statement as; escrow ``i`` was created ``31.5 * i`` seconds before the
   load (1,000,000 escrows a year; rows of the same period sit together on disk, as in a live table);
 - 80 % ``released``: paid in full through the sandbox and released, with both ledger entries exactly as
   Emanet writes them — ``payment:…:capture`` (sandbox clearing → escrow account) and ``escrow:…:release``
@@ -28,6 +30,7 @@ import asyncpg
 CHUNK = 100_000
 HOT_SHARDS = 16
 CURRENCIES = ("TRY", "USD")
+HEAVY_USER = "usr_bulk_heavy"
 
 
 def users_for(total: int) -> int:
@@ -40,6 +43,9 @@ SELECT 'usr_bulk' || lpad(k::text, 10, '0'), 'bulk' || k || '@bench.emanet.test'
        'user', 'active', 'identity', 'en', now() - ((k * 7907) % 730) * interval '1 day',
        now() - ((k * 7907) % 730) * interval '1 day'
 FROM generate_series(0, $1 - 1) AS k
+UNION ALL
+SELECT $2, 'heavy@bench.emanet.test', NULL, 'Heavy user', 'user', 'active', 'identity', 'en',
+       now() - interval '730 days', now() - interval '730 days'
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -48,8 +54,9 @@ CREATE TEMP TABLE bulk ON COMMIT DROP AS
 WITH base AS (
     SELECT i,
            'esc_bulk' || lpad(i::text, 12, '0') AS id,
-           'usr_bulk' || lpad((i % $3)::text, 10, '0') AS buyer_id,
-           'usr_bulk' || lpad(((i % $3 + 1 + (i / $3) % ($3 - 1)) % $3)::text, 10, '0') AS seller_id,
+           CASE WHEN i % 10 = 7 THEN $4 ELSE 'usr_bulk' || lpad((i % $3)::text, 10, '0') END AS buyer_id,
+           CASE WHEN i % 10 = 3 THEN $4
+                ELSE 'usr_bulk' || lpad(((i % $3 + 1 + (i / $3) % ($3 - 1)) % $3)::text, 10, '0') END AS seller_id,
            CASE WHEN i % 10 = 0 THEN 'USD' ELSE 'TRY' END AS currency,
            CASE WHEN i % 10 = 0 THEN 1000 + (i * 7919) % 99000 ELSE 10000 + (i * 7919) % 990000 END AS amount,
            CASE WHEN i % 100 < 80 THEN 'released' WHEN i % 100 < 92 THEN 'cancelled' ELSE 'expired' END
@@ -224,14 +231,14 @@ async def load(dsn: str, first: int, count: int, *, total: int, log: Any = print
     started = time.perf_counter()
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute(_USERS, users_for(total))
+        await connection.execute(_USERS, users_for(total), HEAVY_USER)
         await connection.execute(_HOT_ACCOUNTS, list(CURRENCIES))
         await connection.execute(_HOT_BALANCE_ROWS, HOT_SHARDS)
         for low in range(first, first + count, CHUNK):
             high = min(first + count, low + CHUNK) - 1
             async with connection.transaction():
                 await connection.execute("SET LOCAL session_replication_role = replica")
-                await connection.execute(_ROWS, low, high, users_for(total))
+                await connection.execute(_ROWS, low, high, users_for(total), HEAVY_USER)
                 released = int(await connection.fetchval("SELECT count(r) FROM bulk"))
                 await connection.execute(_ESCROWS)
                 await connection.execute(_ACTIVITIES)

@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Select, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, text, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from emanet.core import clock
 from emanet.core.auth import Principal
@@ -804,29 +805,43 @@ def filtered_escrows(filters: EscrowFilters, viewer_id: str | None) -> Select[An
             query = query.where(or_(Escrow.buyer_id == viewer_id, Escrow.seller_id == viewer_id))
     if filters.user_id:
         query = query.where(or_(Escrow.buyer_id == filters.user_id, Escrow.seller_id == filters.user_id))
+    return query.where(*_conditions(filters))
+
+
+def _conditions(filters: EscrowFilters) -> list[ColumnElement[bool]]:
+    """The filters other than whose escrows they are."""
+    conditions: list[ColumnElement[bool]] = []
     if filters.status:
-        query = query.where(Escrow.status.in_(filters.status))
+        conditions.append(Escrow.status.in_(filters.status))
     if filters.market_type:
-        query = query.where(Escrow.market_type == filters.market_type)
+        conditions.append(Escrow.market_type == filters.market_type)
     if filters.currency:
-        query = query.where(Escrow.currency == filters.currency)
+        conditions.append(Escrow.currency == filters.currency)
     if filters.created_from:
-        query = query.where(Escrow.created_at >= filters.created_from)
+        conditions.append(Escrow.created_at >= filters.created_from)
     if filters.created_to:
-        query = query.where(Escrow.created_at < filters.created_to)
+        conditions.append(Escrow.created_at < filters.created_to)
     if filters.amount_min is not None:
-        query = query.where(Escrow.amount >= filters.amount_min)
+        conditions.append(Escrow.amount >= filters.amount_min)
     if filters.amount_max is not None:
-        query = query.where(Escrow.amount <= filters.amount_max)
+        conditions.append(Escrow.amount <= filters.amount_max)
     if filters.q:
         term = filters.q.strip()
-        query = query.where(
+        conditions.append(
             or_(
                 Escrow.number == term.upper(),
                 func.lower(Escrow.title).contains(term.lower(), autoescape=True),
             )
         )
-    return query
+    return conditions
+
+
+def _either_side_of(filters: EscrowFilters, viewer_id: str | None) -> str | None:
+    """The user whose escrows, bought or sold, are asked for: a member's own list, or an admin's ``user``
+    filter (None when the list is of one side, or of everyone)."""
+    if viewer_id is None:
+        return filters.user_id
+    return viewer_id if filters.role not in ("buyer", "seller") and not filters.user_id else None
 
 
 async def list_escrows(
@@ -841,16 +856,37 @@ async def list_escrows(
     """Keyset pagination over any multi-field sort (the id breaks ties); one query per page."""
     order = _parse_sort(sort)
     keys = [*order, ("id", order[0][1])]
-    columns = {**SORTABLE, "id": Escrow.id}
-    query = filtered_escrows(filters, viewer_id)
+    after: list[ColumnElement[bool]] = []
     if cursor:
         try:
             values = [_cursor_value(name, cursor[name]) for name, _ in keys]
         except (KeyError, ValueError, TypeError) as exc:
             raise Unprocessable("The cursor does not match this sort", code="invalid_cursor") from exc
-        query = query.where(after_cursor([(columns[name], descending) for name, descending in keys], values))
-    query = query.order_by(*[columns[n].desc() if d else columns[n].asc() for n, d in keys]).limit(limit + 1)
-    rows: list[Escrow] = list((await session.execute(query)).scalars().all())
+        after.append(after_cursor([(getattr(Escrow, name), descending) for name, descending in keys], values))
+
+    def ordered(entity: Any) -> list[ColumnElement[Any]]:
+        return [getattr(entity, n).desc() if d else getattr(entity, n).asc() for n, d in keys]
+
+    party = _either_side_of(filters, viewer_id)
+    if party is None:
+        query = filtered_escrows(filters, viewer_id).where(*after).order_by(*ordered(Escrow))
+    else:
+        # One side at a time, each cut at the page in its own (party, created_at, id) index's order, then
+        # merged. Asked as `buyer_id = :u OR seller_id = :u`, PostgreSQL may walk the whole index of the
+        # sort key skipping everyone else's escrows, expecting to stop early: for a user with few escrows
+        # that read every row (8,039 buffers by creation time, 100,757 by amount, on 100,000 escrows).
+        sides = [
+            select(Escrow).where(Escrow.buyer_id == party),
+            select(Escrow).where(Escrow.seller_id == party, Escrow.buyer_id != party),
+        ]
+        pages = [
+            side.where(*_conditions(filters), *after).order_by(*ordered(Escrow)).limit(limit + 1)
+            for side in sides
+        ]
+        # each page a subquery of its own: SQLite takes no ORDER BY or LIMIT in a bare UNION member
+        merged = aliased(Escrow, union_all(*(select(page.subquery()) for page in pages)).subquery())
+        query = select(merged).order_by(*ordered(merged))
+    rows: list[Escrow] = list((await session.execute(query.limit(limit + 1))).scalars().all())
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

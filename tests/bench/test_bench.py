@@ -437,7 +437,21 @@ async def test_bulk_load_writes_a_valid_ledger(database: Database, database_url:
             .tuples()
             .all()
         )
+        heavy = (
+            await session.execute(
+                select(
+                    func.count().filter(Escrow.seller_id == seed.HEAVY_USER),
+                    func.count().filter(Escrow.buyer_id == seed.HEAVY_USER),
+                    func.count().filter(Escrow.buyer_id == Escrow.seller_id),
+                )
+            )
+        ).one()
     assert by_status == {"released": 80, "cancelled": 12, "expired": 8}
+    assert tuple(heavy) == (
+        10,
+        10,
+        0,
+    )  # one in ten sold, another one in ten bought; nobody buys from themself
     # Every release was paid: its payment and attempt are there for the webhooks' lookups to search.
     assert (await seed.counts(dsn))["payments"] == 80
 

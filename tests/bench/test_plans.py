@@ -112,13 +112,48 @@ def test_a_flagged_statement_passes_only_when_every_place_it_comes_from_is_accep
     assert plans.acceptance(f"{accepted} via cli.py:verify") == plans.ACCEPTED[accepted]
     admin = "escrow/service.py:list_escrows via escrow/router.py:admin_list_escrows"
     assert plans.acceptance(admin) == plans.ACCEPTED[admin]
-    assert plans.acceptance("escrow/service.py:list_escrows via escrow/router.py:list_escrows") is None
+    own = "escrow/service.py:list_escrows via escrow/router.py:list_escrows"
+    assert plans.acceptance(own) is None
+    # what one user's own rows cost is accepted only where it was measured as the heavy user
+    assert plans.Planned("SELECT 7", [own], buffers=50_000).why_accepted is None
+    as_heavy = plans.Planned("SELECT 7", [own], buffers=50_000, as_heavy_user=True)
+    assert as_heavy.why_accepted == plans.ACCEPTED_AS_HEAVY_USER[own]
 
+    heavy_page = plans.Planned("SELECT 6", ["escrow/service.py:list_escrows"], buffers=40_000, ms=90.0)
     page = plans.report(
-        [cheap, shared], escrows=1_000_000, counts={"escrows": 1_000_000}, tests="642 passed in 200s"
+        [cheap, shared],
+        escrows=1_000_000,
+        counts={"escrows": 1_000_000},
+        tests="642 passed in 200s",
+        heavy=[heavy_page],
+        heavy_escrows={"as seller": 100_000, "as buyer": 100_000},
     )
-    assert "**1**, of which **1** not accepted" in page
-    assert "**not accepted**" in page and "escrows (1,000,000 rows)" in page
+    overall, as_heavy = page.split("## As the heaviest user")
+    assert "**1**, of which **1** not accepted" in overall
+    assert "**not accepted**" in overall and "escrows (1,000,000 rows)" in overall
+    assert "**1**, of which **1** not accepted" in as_heavy and "| 40,000 | 90.0 |" in as_heavy
+
+
+def test_the_heavy_user_takes_the_place_of_every_user_a_statement_names() -> None:
+    buyer, seller = "usr_01jdq3v4x5y6z7a8b9c0d1e2f3", "usr_01jdq3v4x5y6z7a8b9c0d1e2f4"
+    heavy = plans.seed.HEAVY_USER
+    assert plans.as_heavy_user((buyer, [f"user:{seller}:available", "platform:fees"], 5, None)) == (
+        heavy,
+        [f"user:{heavy}:available", "platform:fees"],
+        5,
+        None,
+    )
+    by_user = "SELECT id FROM escrows WHERE buyer_id = $1"
+    by_escrow = "SELECT id FROM escrows WHERE id = $1"
+    assert plans.heavy_user_statements(
+        {
+            by_user: {"origins": {"escrow/service.py:f"}, "parameters": [(buyer,), (seller,), ("x",)]},
+            by_escrow: {
+                "origins": {"escrow/service.py:g"},
+                "parameters": [("esc_01jdq3v4x5y6z7a8b9c0d1e2f3",)],
+            },
+        }
+    ) == {by_user: {"origins": {"escrow/service.py:f"}, "parameters": [(heavy,), (heavy,)]}}
 
 
 async def test_the_replay_runs_reads_and_writes_then_rolls_them_back(
