@@ -36,7 +36,7 @@ from emanet.escrow.models import (
 )
 from emanet.escrow.models import EscrowStatus as S
 from emanet.ledger import accounts
-from emanet.ledger.service import Leg, credit, debit, post_entry
+from emanet.ledger.service import Leg, credit, debit, open_accounts, post_entry
 from emanet.users.models import User
 
 REFUND_JOB = "payments.refund_for_escrow"
@@ -627,14 +627,14 @@ async def record_payment_captured(
     escrow = await lock_escrow(session, escrow_id)
     if currency != escrow.currency or amount <= 0:
         raise Unprocessable("Payment currency or amount does not match the escrow", code="payment_mismatch")
+    holding = accounts.escrow_account(escrow.id)
+    if escrow.funded_amount == 0:
+        await open_accounts(session, [holding], currency)  # the escrow's first money: its account is new
     posted = await post_entry(
         session,
         f"payment:{payment_id}:capture",
         currency,
-        [
-            debit(accounts.provider_clearing(provider), amount),
-            credit(accounts.escrow_account(escrow.id), amount),
-        ],
+        [debit(accounts.provider_clearing(provider), amount), credit(holding, amount)],
         description=f"Payment {payment_id} for {escrow.number}",
         escrow_id=escrow.id,
         metadata={"payment_id": payment_id, "provider": provider},

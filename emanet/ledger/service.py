@@ -81,13 +81,16 @@ async def account_ids(session: AsyncSession, codes: Iterable[str], currency: str
     found = {code: account_id for code, account_id in rows.all()}
     missing = sorted(wanted - found.keys())
     if missing:
-        found.update(await _create_accounts(session, missing, currency))
+        found.update(await open_accounts(session, missing, currency))
     return found
 
 
-async def _create_accounts(session: AsyncSession, codes: list[str], currency: str) -> dict[str, int]:
-    """Create the accounts with their balance rows. On PostgreSQL one statement does both; an account a
-    concurrent transaction created in the meantime is then looked up afterwards."""
+async def open_accounts(session: AsyncSession, wanted: Iterable[str], currency: str) -> dict[str, int]:
+    """Create the accounts with their balance rows (those that exist are left as they are) and return all
+    their ids. On PostgreSQL one statement does both; an account that already existed, or that a concurrent
+    transaction created in the meantime, is then looked up. A caller that knows an entry will be the first
+    to use an account opens it first: posting to a missing account costs a failed post and a second one."""
+    codes = sorted(set(wanted))
     created: dict[str, int] = {}
     if session.get_bind().dialect.name == "postgresql":
         shard_rows = _shard_rows(codes)
@@ -272,7 +275,7 @@ async def _pg_post_entry(
     }
     entry_id, updated, missing = (await connection.execute(_PG_POST_ENTRY, params)).one()
     if missing:
-        await _create_accounts(session, sorted(missing), currency)
+        await open_accounts(session, missing, currency)
         entry_id, updated, missing = (await connection.execute(_PG_POST_ENTRY, params)).one()
         if missing:
             raise RuntimeError(f"ledger accounts {missing} in {currency} could not be created")
