@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from emanet.core import clock
@@ -47,7 +47,13 @@ class Escrow(TimestampMixin, Base):
         Index("ix_escrows_market_created", "market_type", "created_at"),
         Index("ix_escrows_created", "created_at", "id"),
         Index("ix_escrows_amount", "amount"),
-        Index("ix_escrows_title_lower", func.lower("title")),
+        # The title search (`q`, a substring): by trigram, on PostgreSQL only (migration 0010).
+        Index(
+            "ix_escrows_title_trgm",
+            func.lower(text("title")).label("lower_title"),
+            postgresql_using="gin",
+            postgresql_ops={"lower_title": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
         Index("ix_escrows_auto_release_at", "auto_release_at"),
         Index("ix_escrows_expires_at", "expires_at"),
     )

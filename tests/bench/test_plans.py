@@ -110,8 +110,9 @@ def test_a_flagged_statement_passes_only_when_every_place_it_comes_from_is_accep
     assert shared.why_accepted is None
     # a function accepted from anywhere, or only for one route
     assert plans.acceptance(f"{accepted} via cli.py:verify") == plans.ACCEPTED[accepted]
-    admin = "escrow/service.py:list_escrows via escrow/router.py:admin_list_escrows"
+    admin = "users/service.py:list_users via users/router.py:admin_list_users"
     assert plans.acceptance(admin) == plans.ACCEPTED[admin]
+    assert plans.acceptance("users/service.py:list_users via users/router.py:list_people") is None
     own = "escrow/service.py:list_escrows via escrow/router.py:list_escrows"
     assert plans.acceptance(own) is None
     # what one user's own rows cost is accepted only where it was measured as the heavy user
