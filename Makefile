@@ -42,9 +42,8 @@ test: $(STAMP) ## Run the whole test suite (PostgreSQL + Redis, then the core on
 test-postgres: $(STAMP) ## Run every test against PostgreSQL and Redis on 127.0.0.1
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
-test-sqlite: $(STAMP) ## Run the core, worker, notification and webhook suites on SQLite (the embedded default)
-	EMANET_TEST_DB=sqlite $(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not postgres_only" \
-		tests/core tests/worker tests/notifications tests/webhooks
+test-sqlite: $(STAMP) ## Run every test that is not PostgreSQL's own on SQLite (the embedded default, `make run`)
+	EMANET_TEST_DB=sqlite $(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not postgres_only"
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check emanet tests

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import postgresql
 
@@ -17,6 +18,8 @@ from tests.factories import Factory
 from tests.payments.conftest import Live
 from tests.payments.helpers import SUCCESS, checkout, create_escrow, started
 from tests.plans import nodes
+
+pytestmark = pytest.mark.postgres_only  # plans, and rows arranged with generate_series
 
 OTHER_ATTEMPTS = 3_000
 

@@ -113,6 +113,7 @@ async def test_twenty_concurrent_deliveries_take_effect_once(
     await assert_ledger_invariants(database)
 
 
+@pytest.mark.postgres_only  # the attempt is arranged in PostgreSQL's SQL
 async def test_a_reference_another_provider_also_uses_reaches_the_senders_attempt(
     live: Live, factory: Factory, database: Database, settings: Settings
 ) -> None:
