@@ -753,13 +753,7 @@ async def activity(session: AsyncSession, escrow: Escrow) -> Sequence[EscrowActi
 # ---------------------------------------------------------------------------------------------- listing
 
 
-SORTABLE = {
-    "created_at": Escrow.created_at,
-    "updated_at": Escrow.updated_at,
-    "amount": Escrow.amount,
-    "status": Escrow.status,
-    "number": Escrow.number,
-}
+SORTABLE = ("created_at", "updated_at", "amount", "status", "number")  # Escrow's columns, by name
 
 
 @dataclass
