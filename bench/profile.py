@@ -2,8 +2,10 @@
 
 ``py-spy record --format raw`` writes collapsed stacks (``frame;frame;frame count``). The summary gives,
 for the sampled process: the share of samples whose stack passes through each layer (our code, the ORM,
-the driver, FastAPI/pydantic, logging …), the functions with the most samples of their own (self time),
-and our functions with the most samples under them (inclusive).
+the driver, FastAPI/pydantic, logging …); the share each layer spends itself (a sample belongs to the
+layer of its innermost frame that has one, so these add up to 100 % and say what removing a layer could
+save at most); the functions with the most samples of their own (self time); and our functions with the
+most samples under them (inclusive).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ LAYERS = (
     ("structlog/logging", ("structlog/", "logging/")),
     ("JWT/crypto", ("jwt/", "cryptography/")),
     ("JSON", ("orjson", "json/")),
+    ("asyncio event loop", ("asyncio/",)),
 )
+UNLAYERED = "other (standard library)"
 
 
 def record(pid: int, seconds: int, output: Path, rate: int = 200) -> bool:
@@ -80,6 +84,7 @@ def _short(frame: str) -> str:
 def summarize(folded: str, top: int = 15) -> dict[str, Any]:
     total = 0
     inclusive: Counter[str] = Counter()
+    spent: Counter[str] = Counter()  # by the layer that was running: a partition of the samples
     own: Counter[str] = Counter()
     ours: Counter[str] = Counter()  # our functions, inclusive: which of our steps the time is spent under
     for line in folded.splitlines():
@@ -89,13 +94,15 @@ def summarize(folded: str, top: int = 15) -> dict[str, Any]:
         count = int(count_text)
         total += count
         frames = stack.split(";")
-        for layer in {layer for f in frames if (layer := _layer(f))}:
+        layers = [_layer(f) for f in frames]
+        for layer in {layer for layer in layers if layer}:
             inclusive[layer] += count
+        spent[next((layer for layer in reversed(layers) if layer), UNLAYERED)] += count
         own[_short(frames[-1])] += count
         for function in {_short(f) for f in frames if "emanet/" in f and "emanet/cli.py" not in f}:
             ours[function] += count
     if not total:
-        return {"samples": 0, "layers": [], "self": [], "ours": []}
+        return {"samples": 0, "layers": [], "own_layers": [], "self": [], "ours": []}
 
     def shares(counter: Counter[str], key: str, limit: int | None = None) -> list[dict[str, Any]]:
         return [{key: name, "pct": round(100 * n / total, 1)} for name, n in counter.most_common(limit)]
@@ -103,6 +110,7 @@ def summarize(folded: str, top: int = 15) -> dict[str, Any]:
     return {
         "samples": total,
         "layers": shares(inclusive, "layer"),
+        "own_layers": shares(spent, "layer"),
         "self": shares(own, "function", top),
         "ours": shares(ours, "function", top),
     }

@@ -308,6 +308,46 @@ def cpu_ms_per_request(run: dict[str, Any]) -> float:
     return float(cores * 1000 / per_second)
 
 
+ORM_LAYERS = ("SQLAlchemy ORM",)
+SQLALCHEMY_LAYERS = ("SQLAlchemy ORM", "SQLAlchemy Core/engine")
+PROFILED_GROUPS = (("server", "emanet server"), ("worker", "emanet worker"))
+
+
+def layers_share(r: dict[str, Any], process: str, layers: tuple[str, ...]) -> float:
+    """The share (0 to 1) of a profiled process's samples that ``layers`` spent themselves; NaN without one."""
+    spent = {x["layer"]: x["pct"] for x in r.get("profile", {}).get(process, {}).get("own_layers", [])}
+    return sum(spent.get(layer, 0.0) for layer in layers) / 100 if spent else math.nan
+
+
+def without_layers(r: dict[str, Any], run: dict[str, Any], layers: tuple[str, ...]) -> tuple[float, float]:
+    """What ``layers`` spend of the server's and the worker's CPU per step (ms, by the profiles' own-time
+    shares), and the steps/s the run would have reached on the CPU it used without them, with nothing in
+    their place: the most that rewriting them away could give."""
+    spent = 0.0
+    for process, group in PROFILED_GROUPS:
+        share = layers_share(r, process, layers)
+        if not math.isnan(share):
+            spent += share * server_ms_value(run, group)
+    total = cpu_ms_per_request(run)
+    if not spent or math.isnan(spent) or math.isnan(total):
+        return math.nan, math.nan
+    return spent, run["steps_per_second"] * total / (total - spent)
+
+
+def rewrite_bound(r: dict[str, Any], run: dict[str, Any], tps: float) -> str:
+    """The lifecycle row's note on what taking the steps off SQLAlchemy, or off its ORM only, could give."""
+    spent, reachable = without_layers(r, run, SQLALCHEMY_LAYERS)
+    if math.isnan(reachable):
+        return ""
+    orm_spent, orm_reachable = without_layers(r, run, ORM_LAYERS)
+    return (
+        f"; SQLAlchemy itself spends {fmt(spent, 1)} ms of it, its ORM {fmt(orm_spent, 1)} ms of those "
+        f"(the profiles' own time by layer, section 6): with nothing in their place, {fmt(reachable)} "
+        f"steps/s = {fmt(ratio(reachable, tps), 2)}× pgbench without SQLAlchemy, {fmt(orm_reachable)} "
+        "without its ORM"
+    )
+
+
 def what_targets_need(r: dict[str, Any]) -> list[str]:
     """For each target not met, the throughput it implies on this machine beside the measured floor: the
     arithmetic behind "not met", so nobody has to redo it."""
@@ -339,7 +379,7 @@ def what_targets_need(r: dict[str, Any]) -> list[str]:
                 f"a step costs {fmt(cpu_ms_per_request(run), 1)} ms ({split}, load generator included)"
                 f"{database_alone}; an authenticated one-statement read (`GET /api/v1/me`) costs "
                 f"{fmt(me_ms, 2)} ms, and the HTTP server alone (`GET /health/live`) {fmt(health_ms, 2)} ms "
-                "of server CPU",
+                f"of server CPU{rewrite_bound(r, run, pgbench_tps(r, int(clients)))}",
             ]
         )
     lifecycle = r.get("lifecycle", {})
@@ -571,11 +611,11 @@ def plots(r: dict[str, Any], out: Path) -> list[str]:
         axis.plot(
             xs, [sizes[k]["lifecycle"]["cycles_per_second"] for k in keys], marker="s", label="cycles/s"
         )
-        runs = [(int(k), run["steps_per_second"]) for k in keys for run in sizes[k].get("runs", [])]
-        if runs:
+        each_run = [(int(k), run["steps_per_second"]) for k in keys for run in sizes[k].get("runs", [])]
+        if each_run:
             axis.scatter(
-                [x for x, _ in runs],
-                [y for _, y in runs],
+                [x for x, _ in each_run],
+                [y for _, y in each_run],
                 s=14,
                 color="tab:blue",
                 alpha=0.5,
@@ -604,6 +644,23 @@ def plots(r: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         written.append("scale.png")
     return written
+
+
+def own_time_by_layer(prof: dict[str, Any]) -> list[str]:
+    """The partition of a profile's samples by the layer that was running: what removing one could save."""
+    if not prof.get("own_layers"):
+        return []
+    return [
+        "Where the same samples were spent: each belongs to the layer of its innermost frame that has one "
+        "(a standard-library call counts for its caller's layer), so this column adds up to 100 % and a "
+        "layer's figure is the most that removing it, with nothing in its place, could save:",
+        "",
+        table(
+            ["layer", "% of samples spent in it"],
+            [[x["layer"], fmt(x["pct"], 1)] for x in prof["own_layers"]],
+        ),
+        "",
+    ]
 
 
 def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
@@ -924,6 +981,7 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
             "",
             table(["layer", "% of samples"], [[x["layer"], fmt(x["pct"], 1)] for x in prof["layers"]]),
             "",
+            *own_time_by_layer(prof),
             table(
                 ["our function", "% of samples"],
                 [[f"`{x['function']}`", fmt(x["pct"], 1)] for x in prof["ours"]],
