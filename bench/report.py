@@ -313,6 +313,12 @@ SQLALCHEMY_LAYERS = ("SQLAlchemy ORM", "SQLAlchemy Core/engine")
 PROFILED_GROUPS = (("server", "emanet server"), ("worker", "emanet worker"))
 
 
+def database_pool(r: dict[str, Any]) -> str:
+    pool = r["database_pool"]
+    overflow = f" (+{pool['overflow']} closed after use)" if pool["overflow"] else ""
+    return f"database pool {pool['size']}{overflow} per process"
+
+
 def layers_share(r: dict[str, Any], process: str, layers: tuple[str, ...]) -> float:
     """The share (0 to 1) of a profiled process's samples that ``layers`` spent themselves; NaN without one."""
     spent = {x["layer"]: x["pct"] for x in r.get("profile", {}).get(process, {}).get("own_layers", [])}
@@ -709,8 +715,10 @@ def render(r: dict[str, Any], plot_dir: str, images: list[str]) -> str:
                     "Emanet",
                     f"`emanet serve --workers {plan.get('server_workers')}` (uvicorn, uvloop, httptools; one SO_REUSEPORT listening socket per process) + "
                     "`emanet worker`; EMANET_ENV=production with generated secrets, JSON logs at WARNING, "
-                    "EMANET_MIN_HOLD_HOURS=0, EMANET_RATE_LIMIT_ENABLED=false, database pool 20 (+10) per "
-                    "process, " + ("Redis on 127.0.0.1" if r.get("redis") else "no Redis (in-process cache)"),
+                    "EMANET_MIN_HOLD_HOURS=0, EMANET_RATE_LIMIT_ENABLED=false, "
+                    + database_pool(r)
+                    + ", "
+                    + ("Redis on 127.0.0.1" if r.get("redis") else "no Redis (in-process cache)"),
                 ],
                 ["plan", ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in plan.items())],
             ],

@@ -34,6 +34,7 @@ import psutil
 from bench import ledger_ceiling, ledger_load, pg, profile, report, seed
 from bench.config import Plan, current_plan
 from bench.stack import ROOT, CpuMeter, Secrets, Stack, redis_reachable, running
+from emanet.core.settings import Settings
 
 HORDAK_VENV = ROOT / "bench" / ".hordak-venv"
 # Pinned so that every run compares against the same release.
@@ -618,6 +619,10 @@ def main() -> None:
         "plan": asdict(plan),
         "machine": machine_facts(),
         "redis": use_redis,
+        "database_pool": {
+            "size": Settings.model_fields["database_pool_size"].default,
+            "overflow": Settings.model_fields["database_max_overflow"].default,
+        },
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     say(f"{plan.name} benchmark; work files in {workdir}")

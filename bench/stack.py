@@ -57,14 +57,13 @@ class Secrets:
     captcha_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
-def emanet_env(database: str, port: int, keys: Secrets, *, pool_size: int, use_redis: bool) -> dict[str, str]:
-    """Production settings (non-default secrets, JSON logs at WARNING), with the two bench allowances: no
-    minimum hold, so an escrow can be released as soon as it is funded, and rate limits off."""
+def emanet_env(database: str, port: int, keys: Secrets, *, use_redis: bool) -> dict[str, str]:
+    """Production settings (non-default secrets, JSON logs at WARNING, the default database pool), with the
+    two bench allowances: no minimum hold, so an escrow can be released as soon as it is funded, and rate
+    limits off."""
     env = {
         "EMANET_ENV": "production",
         "EMANET_DATABASE_URL": pg.sqlalchemy_url(database),
-        "EMANET_DATABASE_POOL_SIZE": str(pool_size),
-        "EMANET_DATABASE_MAX_OVERFLOW": "10",
         "EMANET_SECRET_KEY": keys.secret_key,
         "EMANET_SANDBOX_WEBHOOK_SECRET": keys.webhook_secret,
         # production refuses the test CAPTCHA verifier; no bench request asks for a CAPTCHA
@@ -174,7 +173,7 @@ class Stack:
 
 @contextmanager
 def running(
-    database: str, keys: Secrets, *, workers: int, log_dir: Path, use_redis: bool, pool_size: int = 20
+    database: str, keys: Secrets, *, workers: int, log_dir: Path, use_redis: bool
 ) -> Iterator[Stack]:
     port = free_port()
     stack = Stack(
@@ -182,7 +181,7 @@ def running(
         port=port,
         workers=workers,
         log_dir=log_dir,
-        env=emanet_env(database, port, keys, pool_size=pool_size, use_redis=use_redis),
+        env=emanet_env(database, port, keys, use_redis=use_redis),
     )
     try:
         stack.start()

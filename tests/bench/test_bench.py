@@ -331,6 +331,7 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     results = {
         "plan": {"quick": True, "server_workers": 2, "ledger_batch_size": 100, "read_clients": 64},
         "machine": {"cpus": 2},
+        "database_pool": {"size": 20, "overflow": 0},
         "postgres": {"version": "15"},
         "pgbench": [[{"clients": 8, "tps": 1000.0, "latency_ms": 8.0, "transactions": 30000, "seconds": 30}]],
         "lifecycle": {"8": run},
@@ -417,6 +418,9 @@ def test_report_renders_targets_and_ratios(tmp_path: Path) -> None:
     assert "django-hordak, single |" not in text  # 500/s is 5x hordak's 100/s: met, so no row
     assert "p99 ≤ 50 ms per step" not in text  # the worst step's p99 is 12 ms
     assert "| dashboard stats uncached ≤ 100 ms (median) | 80.0 ms | **met** |" in text
+    assert "EMANET_RATE_LIMIT_ENABLED=false, database pool 20 per process, no Redis" in text
+    overflowing = {"database_pool": {"size": 10, "overflow": 10}}
+    assert report.database_pool(overflowing) == "database pool 10 (+10 closed after use) per process"
     assert "| CSV export peak RSS ≤ 150 MB | 160.0 MB | not met |" in text
     assert "cores used — emanet server 1.20 (0.70 + 0.50 by process), load generator 0.05" in text
     assert "py-spy sampled one of the 2 server processes during a separate 32-client" in text

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 
 from emanet.core.db import Database
+from emanet.core.settings import Settings
+from tests.conftest import make_settings
 
 
 @pytest.mark.postgres_only
@@ -17,3 +21,40 @@ async def test_connections_run_without_jit(database: Database) -> None:
         ours = (await session.execute(text("SHOW jit"))).scalar_one()
     assert server_default == "on"  # so the connection's own setting is what turns it off
     assert ours == "off"
+
+
+async def _backends_in_use_at_once(database: Database, requests: int) -> set[int]:
+    """The PostgreSQL backends serving ``requests`` transactions that overlap in time."""
+
+    async def one() -> int:
+        async with database.transaction() as session:
+            held = await session.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.05)"))
+            pid: int = held.scalar_one()
+            return pid
+
+    return set(await asyncio.gather(*[one() for _ in range(requests)]))
+
+
+@pytest.mark.postgres_only
+async def test_default_pool_keeps_its_connections_under_load(database_url: str) -> None:
+    """A burst the pool can hold opens its connections once; the next burst reuses every one of them (a
+    connection above the pool would be closed on return and opened again, a PostgreSQL process each time)."""
+    defaults = Settings.model_fields
+    database = Database(
+        make_settings(
+            database_url,
+            database_pool_size=defaults["database_pool_size"].default,
+            database_max_overflow=defaults["database_max_overflow"].default,
+        )
+    )
+    pool_size = database.settings.database_pool_size
+    try:
+        first = await _backends_in_use_at_once(database, pool_size)
+        second = await _backends_in_use_at_once(database, pool_size)
+        assert len(first) == pool_size
+        assert second == first
+        # More requests than connections wait for one: the process never holds more than its pool.
+        crowd = await _backends_in_use_at_once(database, pool_size + 5)
+        assert crowd <= first
+    finally:
+        await database.dispose()
