@@ -33,7 +33,7 @@ import psutil
 
 from bench import ledger_ceiling, ledger_load, pg, profile, report, seed
 from bench.config import Plan, current_plan
-from bench.stack import ROOT, CpuMeter, Secrets, Stack, redis_reachable, running
+from bench.stack import DATABASE_POOL, ROOT, CpuMeter, Secrets, Stack, redis_reachable, running
 from emanet.core.settings import Settings
 
 HORDAK_VENV = ROOT / "bench" / ".hordak-venv"
@@ -140,8 +140,6 @@ async def create_people(database: str, keys: Secrets) -> dict[str, Any]:
 
 
 def token_settings(database: str, keys: Secrets) -> Any:
-    from emanet.core.settings import Settings
-
     return Settings(
         env="production",
         database_url=pg.sqlalchemy_url(database),
@@ -619,10 +617,7 @@ def main() -> None:
         "plan": asdict(plan),
         "machine": machine_facts(),
         "redis": use_redis,
-        "database_pool": {
-            "size": Settings.model_fields["database_pool_size"].default,
-            "overflow": Settings.model_fields["database_max_overflow"].default,
-        },
+        "database_pool": DATABASE_POOL,
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     say(f"{plan.name} benchmark; work files in {workdir}")

@@ -24,10 +24,16 @@ import httpx
 import psutil
 
 from bench import pg
+from emanet.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REDIS_URL = os.environ.get("EMANET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+# Production's default pool, set explicitly: an EMANET_ variable in the caller's shell cannot change it.
+DATABASE_POOL = {
+    "size": Settings.model_fields["database_pool_size"].default,
+    "overflow": Settings.model_fields["database_max_overflow"].default,
+}
 
 
 def free_port() -> int:
@@ -64,6 +70,8 @@ def emanet_env(database: str, port: int, keys: Secrets, *, use_redis: bool) -> d
     env = {
         "EMANET_ENV": "production",
         "EMANET_DATABASE_URL": pg.sqlalchemy_url(database),
+        "EMANET_DATABASE_POOL_SIZE": str(DATABASE_POOL["size"]),
+        "EMANET_DATABASE_MAX_OVERFLOW": str(DATABASE_POOL["overflow"]),
         "EMANET_SECRET_KEY": keys.secret_key,
         "EMANET_SANDBOX_WEBHOOK_SECRET": keys.webhook_secret,
         # production refuses the test CAPTCHA verifier; no bench request asks for a CAPTCHA
@@ -172,9 +180,7 @@ class Stack:
 
 
 @contextmanager
-def running(
-    database: str, keys: Secrets, *, workers: int, log_dir: Path, use_redis: bool
-) -> Iterator[Stack]:
+def running(database: str, keys: Secrets, *, workers: int, log_dir: Path, use_redis: bool) -> Iterator[Stack]:
     port = free_port()
     stack = Stack(
         database=database,

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
-from bench import ledger_ceiling, ledger_load, loadgen, pg, profile, report, seed
+from bench import ledger_ceiling, ledger_load, loadgen, pg, profile, report, seed, stack
 from bench.config import FULL, QUICK
 from bench.run import alternation, combined
 from emanet.core.clock import FrozenClock
@@ -542,3 +542,10 @@ async def test_one_lifecycle_through_the_app_counts_its_round_trips(
     # the capture and its fee, the escrow's new account opened before its first capture
     assert counted["webhook"]["first_words"].get("INSERT ledger_entries") == 2
     assert counted["webhook"]["first_words"].get("INSERT ledger_accounts") == 1
+
+
+def test_the_bench_runs_emanet_with_productions_default_pool() -> None:
+    env = stack.emanet_env("emanet_bench_x", 8000, stack.Secrets(), use_redis=False)
+    fields = Settings.model_fields
+    assert env["EMANET_DATABASE_POOL_SIZE"] == str(fields["database_pool_size"].default)
+    assert env["EMANET_DATABASE_MAX_OVERFLOW"] == str(fields["database_max_overflow"].default)
