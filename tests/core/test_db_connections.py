@@ -23,16 +23,22 @@ async def test_connections_run_without_jit(database: Database) -> None:
     assert ours == "off"
 
 
-async def _backends_in_use_at_once(database: Database, requests: int) -> set[int]:
-    """The PostgreSQL backends serving ``requests`` transactions that overlap in time."""
+async def _backends_serving(database: Database, requests: int, *, all_at_once: bool) -> set[int]:
+    """The PostgreSQL backends that serve ``requests`` concurrent transactions. ``all_at_once``: each holds
+    its connection until every one has its own (otherwise each holds it for 50 ms)."""
+    barrier = asyncio.Barrier(requests) if all_at_once else None
 
     async def one() -> int:
         async with database.transaction() as session:
-            held = await session.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.05)"))
-            pid: int = held.scalar_one()
+            pid: int = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            if barrier is not None:
+                await barrier.wait()
+            else:
+                await asyncio.sleep(0.05)
             return pid
 
-    return set(await asyncio.gather(*[one() for _ in range(requests)]))
+    async with asyncio.timeout(20):
+        return set(await asyncio.gather(*[one() for _ in range(requests)]))
 
 
 @pytest.mark.postgres_only
@@ -49,12 +55,12 @@ async def test_default_pool_keeps_its_connections_under_load(database_url: str) 
     )
     pool_size = database.settings.database_pool_size
     try:
-        first = await _backends_in_use_at_once(database, pool_size)
-        second = await _backends_in_use_at_once(database, pool_size)
+        first = await _backends_serving(database, pool_size, all_at_once=True)
+        second = await _backends_serving(database, pool_size, all_at_once=True)
         assert len(first) == pool_size
         assert second == first
         # More requests than connections wait for one: the process never holds more than its pool.
-        crowd = await _backends_in_use_at_once(database, pool_size + 5)
+        crowd = await _backends_serving(database, pool_size + 5, all_at_once=False)
         assert crowd <= first
     finally:
         await database.dispose()
