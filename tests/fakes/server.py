@@ -21,6 +21,11 @@ from werkzeug import Request, Response
 
 Handler = Callable[..., tuple[int, Any]]
 
+# A fake asked to answer too late takes HANG_SECONDS; the provider client in tests gives up after
+# CLIENT_TIMEOUT_SECONDS: under the hang, and over what a busy machine takes to answer (0.3 s flaked in CI).
+HANG_SECONDS = 1.5
+CLIENT_TIMEOUT_SECONDS = 1.0
+
 
 @dataclass
 class Recorded:
@@ -39,7 +44,7 @@ class Recorded:
 
 
 class FakeApi:
-    hang_seconds = 1.5
+    hang_seconds = HANG_SECONDS
 
     def __init__(self) -> None:
         self.server = HTTPServer(host="127.0.0.1", threaded=True)

@@ -12,6 +12,7 @@ from emanet.core.db import Database
 from emanet.payments.models import Payment
 from tests.conftest import bearer
 from tests.factories import Factory
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS
 from tests.fakes.stripe_fake import StripeFake
 from tests.invariants import assert_ledger_invariants
 from tests.payments.conftest import Live
@@ -34,7 +35,7 @@ def settings_overrides(settings_overrides: dict[str, Any], stripe_fake: StripeFa
         **settings_overrides,
         "stripe_api_key": API_KEY,
         "stripe_api_base": stripe_fake.url,
-        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
     }
 
 

@@ -12,13 +12,13 @@ import structlog
 from emanet.core.settings import Settings
 from emanet.providers.base import ProviderUnavailable
 from emanet.providers.http import provider_client, request, with_retries
-from tests.fakes.server import FakeApi, Recorded
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS, HANG_SECONDS, FakeApi, Recorded
 
 
 @pytest.fixture
 def api() -> Iterator[FakeApi]:
     server = FakeApi()
-    server.hang_seconds = 1.5
+    server.hang_seconds = HANG_SECONDS
     server.route("POST", "/charges", lambda r: (201, {"id": "ch_1"}))
     server.route("GET", "/charges/(?P<charge>[^/]+)", lambda r, charge: (200, {"id": charge}))
     server.route("POST", "/bad", lambda r: (422, {"error": "nope"}))
@@ -30,7 +30,7 @@ def api() -> Iterator[FakeApi]:
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {
-        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_max_attempts": 4,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,

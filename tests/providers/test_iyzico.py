@@ -23,6 +23,7 @@ from emanet.providers.base import (
 from emanet.providers.iyzico import IyzicoProvider
 from emanet.providers.registry import get_provider
 from tests.fakes.iyzico_fake import INITIALIZE, REFUND, RETRIEVE, IyzicoFake, RecordingServer
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS, HANG_SECONDS
 
 API_KEY = "sandbox-api-key-emanet"
 SECRET_KEY = "sandbox-secret-key-emanet"
@@ -34,7 +35,7 @@ def make_settings(base_url: str, **overrides: object) -> Settings:
         "iyzico_api_key": API_KEY,
         "iyzico_secret_key": SECRET_KEY,
         "iyzico_api_base": base_url,
-        "provider_timeout_seconds": 0.3,
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_max_attempts": 3,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
@@ -142,7 +143,7 @@ async def test_retrieve_retries_5xx_and_timeout_then_gives_up_clearly(provider, 
     created = await provider.create_payment(payment())
     fake.pay(created.reference)
     fake.fail_next(RETRIEVE, 502)
-    fake.hang_next(RETRIEVE, 1.0)
+    fake.hang_next(RETRIEVE, HANG_SECONDS)
     assert (await provider.get_payment(created.reference)).status == "succeeded"
     assert len(fake.calls(RETRIEVE)) == 3
 
@@ -157,7 +158,7 @@ async def test_initialize_and_refund_are_sent_once(provider, fake) -> None:
         await provider.create_payment(payment())
     created = await provider.create_payment(payment("pay_2"))
     fake.pay(created.reference)
-    fake.hang_next(REFUND, 1.0)
+    fake.hang_next(REFUND, HANG_SECONDS)
     with pytest.raises(ProviderUnavailable):
         await provider.refund(created.reference, 100, "TRY", idempotency_key="rf_1")
 

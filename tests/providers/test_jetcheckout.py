@@ -18,6 +18,7 @@ from emanet.providers.base import (
 from emanet.providers.jetcheckout import JetcheckoutProvider
 from emanet.providers.registry import get_provider
 from tests.fakes.jetcheckout_fake import JetcheckoutFake, RecordingServer
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS, HANG_SECONDS
 
 API_KEY = "jc_app_key_test"
 SECRET_KEY = "jc_secret_test"
@@ -31,7 +32,7 @@ def make_settings(base_url: str, **overrides: object) -> Settings:
         "jetcheckout_secret_key": SECRET_KEY,
         "jetcheckout_api_base": base_url,
         "jetcheckout_test_mode": True,
-        "provider_timeout_seconds": 0.3,
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_max_attempts": 3,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
@@ -159,7 +160,7 @@ async def test_status_query_retries_5xx_and_timeouts_then_answers(provider, fake
     created = await provider.create_payment(payment())
     fake.pay(created.reference, "success")
     fake.fail_next("/api/v1/payment/status", 502)
-    fake.hang_next("/api/v1/payment/status", 1.0)
+    fake.hang_next("/api/v1/payment/status", HANG_SECONDS)
 
     result = await provider.get_payment(created.reference)
 
@@ -179,7 +180,7 @@ async def test_prepare_is_never_sent_twice_after_a_5xx_or_a_timeout(provider, fa
     fake.fail_next("/api/v1/payment/prepare", 500)
     with pytest.raises(ProviderUnavailable, match="outcome is unknown"):
         await provider.create_payment(payment("pay_5xx"))
-    fake.hang_next("/api/v1/payment/prepare", 1.0)
+    fake.hang_next("/api/v1/payment/prepare", HANG_SECONDS)
     with pytest.raises(ProviderUnavailable):
         await provider.create_payment(payment("pay_timeout"))
 

@@ -24,6 +24,7 @@ from emanet.providers.base import (
 from emanet.providers.moyasar import MoyasarProvider
 from emanet.providers.registry import get_provider
 from tests.fakes.moyasar_fake import MoyasarFake, RecordingServer
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS, HANG_SECONDS
 
 SECRET_KEY = "sk_test_moyasar"
 WEBHOOK_TOKEN = "whtok_moyasar_test"
@@ -35,7 +36,7 @@ def make_settings(base_url: str, **overrides: object) -> Settings:
         "moyasar_secret_key": SECRET_KEY,
         "moyasar_webhook_token": WEBHOOK_TOKEN,
         "moyasar_api_base": base_url,
-        "provider_timeout_seconds": 0.3,
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_max_attempts": 3,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
@@ -141,7 +142,7 @@ async def test_failed_3ds_and_declined_token(provider, fake) -> None:
 
 async def test_payment_create_is_retried_with_the_same_given_id_and_charges_once(provider, fake) -> None:
     fake.fail_next("POST", "/v1/payments", 502)
-    fake.hang_next("POST", "/v1/payments", 1.0, process=True)  # charged; the answer is lost
+    fake.hang_next("POST", "/v1/payments", HANG_SECONDS, process=True)  # charged; the answer is lost
 
     created = await provider.create_payment(payment(token="token_frictionless"))
 

@@ -46,7 +46,7 @@ from emanet.providers.paypal import (
 )
 from emanet.providers.registry import get_provider
 from tests.fakes.paypal_fake import PaypalFake
-from tests.fakes.server import Recorded
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS, Recorded
 
 CLIENT_ID, SECRET, WEBHOOK_ID = "paypal-client", "paypal-secret", "WH0FAKE0123456789"
 PAYPAL_HOST = "messageverificationcerts.paypal.com"
@@ -232,7 +232,7 @@ def settings_overrides(fake: PaypalFake, ca_bundle: Path) -> dict[str, Any]:
         "paypal_cert_url_prefixes": [f"{fake.url}/certs/"],
         "paypal_cert_ca_bundle": str(ca_bundle),
         "paypal_cert_issuer_url_prefixes": [f"{fake.url}/issuers/"],
-        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.05,
     }

@@ -24,6 +24,7 @@ from emanet.providers.base import (
 from emanet.providers.paystack import PaystackProvider
 from emanet.providers.registry import get_provider
 from tests.fakes.paystack_fake import PaystackFake
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS
 
 SECRET = "sk_test_emanet_paystack"
 
@@ -41,7 +42,7 @@ def settings_overrides(fake: PaystackFake) -> dict[str, Any]:
     return {
         "paystack_secret_key": SECRET,
         "paystack_api_base": fake.url,
-        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.05,
     }

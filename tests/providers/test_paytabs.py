@@ -22,6 +22,7 @@ from emanet.providers.base import (
 from emanet.providers.paytabs import PaytabsProvider
 from emanet.providers.registry import get_provider
 from tests.fakes.paytabs_fake import PaytabsFake, RecordingServer
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS, HANG_SECONDS
 
 PROFILE_ID = 87654
 SERVER_KEY = "SJJN9LHTWK-J2KKDG2MKH-ZNKDDRZ6WN"
@@ -34,7 +35,7 @@ def make_settings(base_url: str, **overrides: object) -> Settings:
         "paytabs_profile_id": str(PROFILE_ID),
         "paytabs_server_key": SERVER_KEY,
         "paytabs_api_base": base_url,
-        "provider_timeout_seconds": 0.3,
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_max_attempts": 3,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
@@ -168,7 +169,7 @@ async def test_query_retries_5xx_and_timeout(provider, fake) -> None:
     created = await provider.create_payment(payment())
     fake.pay(created.reference, "authorised")
     fake.fail_next("/payment/query", 502)
-    fake.hang_next("/payment/query", 1.0)
+    fake.hang_next("/payment/query", HANG_SECONDS)
 
     assert (await provider.get_payment(created.reference)).status == "succeeded"
     assert len(fake.calls("/payment/query")) == 3
@@ -182,7 +183,7 @@ async def test_query_gives_up_clearly(provider, fake) -> None:
 
 
 async def test_page_request_and_refund_are_never_resent(provider, fake) -> None:
-    fake.hang_next("/payment/request", 1.0)
+    fake.hang_next("/payment/request", HANG_SECONDS)
     with pytest.raises(ProviderUnavailable, match="outcome is unknown"):
         await provider.create_payment(payment())
     created = await provider.create_payment(payment("pay_2"))

@@ -26,6 +26,7 @@ from emanet.providers.base import (
 from emanet.providers.paytr import PaytrProvider
 from emanet.providers.registry import get_provider
 from tests.fakes.paytr_fake import PaytrFake, RecordingServer
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS, HANG_SECONDS
 
 MERCHANT_ID = "123456"
 MERCHANT_KEY = "sJBdebKzjP3BRD9x"
@@ -40,7 +41,7 @@ def make_settings(base_url: str, **overrides: object) -> Settings:
         "paytr_merchant_salt": MERCHANT_SALT,
         "paytr_api_base": base_url,
         "paytr_test_mode": True,
-        "provider_timeout_seconds": 0.3,
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_max_attempts": 3,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.02,
@@ -171,7 +172,7 @@ async def test_status_query_retries_then_gives_up_clearly(provider, fake) -> Non
     created = await provider.create_payment(payment())
     fake.pay(created.reference, "success")
     fake.fail_next("/odeme/durum-sorgu", 502)
-    fake.hang_next("/odeme/durum-sorgu", 1.0)
+    fake.hang_next("/odeme/durum-sorgu", HANG_SECONDS)
     assert (await provider.get_payment(created.reference)).status == "succeeded"
     assert len(fake.calls("/odeme/durum-sorgu")) == 3
 
@@ -181,7 +182,7 @@ async def test_status_query_retries_then_gives_up_clearly(provider, fake) -> Non
 
 
 async def test_token_request_is_sent_once_when_the_answer_is_lost(provider, fake) -> None:
-    fake.hang_next("/odeme/api/get-token", 1.0)
+    fake.hang_next("/odeme/api/get-token", HANG_SECONDS)
 
     with pytest.raises(ProviderUnavailable, match="outcome is unknown"):
         await provider.create_payment(payment())

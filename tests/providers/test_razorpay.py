@@ -27,6 +27,7 @@ from emanet.providers.base import (
 from emanet.providers.razorpay import RazorpayProvider
 from emanet.providers.registry import get_provider
 from tests.fakes.razorpay_fake import RazorpayFake
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS
 
 KEY_ID, KEY_SECRET, WEBHOOK_SECRET = "rzp_test_emanet", "razorpay-key-secret", "razorpay-webhook-secret"
 ACCOUNT = "7878780080316316"
@@ -48,7 +49,7 @@ def settings_overrides(fake: RazorpayFake) -> dict[str, Any]:
         "razorpay_webhook_secret": WEBHOOK_SECRET,
         "razorpay_api_base": fake.url,
         "razorpay_account_number": ACCOUNT,
-        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.05,
     }

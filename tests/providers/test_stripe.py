@@ -23,6 +23,7 @@ from emanet.providers.base import (
 )
 from emanet.providers.registry import get_provider
 from emanet.providers.stripe import StripeProvider
+from tests.fakes.server import CLIENT_TIMEOUT_SECONDS
 from tests.fakes.stripe_fake import StripeFake
 
 API_KEY = "sk_test_emanet_fake"
@@ -44,7 +45,7 @@ def settings_overrides(fake: StripeFake) -> dict[str, Any]:
         "stripe_api_key": API_KEY,
         "stripe_webhook_secret": WEBHOOK_SECRET,
         "stripe_api_base": fake.url,
-        "provider_timeout_seconds": 1.0,  # under the fakes' 1.5 s hang, over a busy machine's answer
+        "provider_timeout_seconds": CLIENT_TIMEOUT_SECONDS,
         "provider_retry_initial_seconds": 0.01,
         "provider_retry_max_seconds": 0.05,
     }
